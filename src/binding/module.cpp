@@ -1,0 +1,751 @@
+// module.cpp — sharedbox._core: the nanobind binding of sbx::Dict.
+//
+// Thin on purpose: key conversion, the value codec (codec.hpp), the GIL, and
+// a use count that lets close() run while other threads are inside an
+// operation.  Two rules keep the GIL and the shared locks from deadlocking:
+//   1. No Python code runs while a shared lock is held (a value read under a
+//      lock is copied into a private buffer and decoded after unlocking).
+//   2. A thread may block on a shared lock while holding the GIL, because by
+//      rule 1 the lock's holder never waits for the GIL.
+// The hot dunder methods are installed as type slots (no method lookup).
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "codec.hpp"
+#include "sharedbox/dict.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+namespace codec = sbx::codec;
+
+constexpr uint64_t kReleaseGilBytes = 1 << 20;  // copies this large run without the GIL
+constexpr uint64_t kInlineBytes = 256;
+
+// ---------------------------------------------------------------------------
+// Python objects supplied by the pure-Python layer at import time.
+
+struct Registry {
+  PyObject* errors[16] = {};  // indexed by sbx::Errc, plus kClosedIndex
+  PyObject* pickle_dumps = nullptr;
+  PyObject* pickle_loads = nullptr;
+  PyObject* array_header = nullptr;
+  PyObject* array_new = nullptr;
+  PyObject* ndarray_type = nullptr;  // set once numpy has been imported
+};
+Registry g;
+constexpr int kClosedIndex = 15;
+
+struct ClosedError {
+  std::string name;
+};
+
+PyObject* error_type(int index, PyObject* fallback) {
+  return g.errors[index] ? g.errors[index] : fallback;
+}
+
+void set_python_error(const sbx::Error& e) {
+  using sbx::Errc;
+  switch (e.code()) {
+    case Errc::InvalidArgument:
+      PyErr_SetString(PyExc_ValueError, e.what());
+      return;
+    case Errc::System: {
+      PyObject* args = Py_BuildValue("(is)", e.sys_errno(), e.what());
+      PyErr_SetObject(PyExc_OSError, args);
+      Py_XDECREF(args);
+      return;
+    }
+    default:
+      break;
+  }
+  PyObject* fallback = PyExc_RuntimeError;
+  if (e.code() == Errc::NotFound) fallback = PyExc_FileNotFoundError;
+  if (e.code() == Errc::PermissionDenied) fallback = PyExc_PermissionError;
+  PyObject* type = error_type(int(e.code()), fallback);
+  if (e.sys_errno() && PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(type),
+                                        reinterpret_cast<PyTypeObject*>(PyExc_OSError))) {
+    PyObject* args = Py_BuildValue("(is)", e.sys_errno(), e.what());
+    PyErr_SetObject(type, args);
+    Py_XDECREF(args);
+  } else {
+    PyErr_SetString(type, e.what());
+  }
+}
+
+void set_closed_error(const ClosedError& e) {
+  std::string msg = "SharedDict '" + e.name + "' is closed";
+  PyErr_SetString(error_type(kClosedIndex, PyExc_RuntimeError), msg.c_str());
+}
+
+// Converts the exception in flight into a Python error (for raw slot functions).
+void set_error_from_current_exception() {
+  try {
+    throw;
+  } catch (nb::python_error& e) {
+    e.restore();
+  } catch (const sbx::Error& e) {
+    set_python_error(e);
+  } catch (const ClosedError& e) {
+    set_closed_error(e);
+  } catch (const nb::builtin_exception& e) {
+    // nb::type_error and friends: let nanobind's own translation run.
+    PyObject* t = PyExc_RuntimeError;
+    switch (e.type()) {
+      case nb::exception_type::type_error: t = PyExc_TypeError; break;
+      case nb::exception_type::value_error: t = PyExc_ValueError; break;
+      case nb::exception_type::key_error: t = PyExc_KeyError; break;
+      default: break;
+    }
+    PyErr_SetString(t, e.what());
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Keys.
+
+struct KeyBytes {
+  const char* data;
+  Py_ssize_t len;
+};
+
+KeyBytes key_bytes(PyObject* key) {
+  if (!PyUnicode_Check(key)) {
+    std::string msg = std::string("SharedDict keys must be str, not ") + Py_TYPE(key)->tp_name;
+    throw nb::type_error(msg.c_str());
+  }
+  Py_ssize_t n;
+  const char* p = PyUnicode_AsUTF8AndSize(key, &n);
+  if (!p) {
+    nb::python_error err;
+    nb::raise_from(err, PyExc_ValueError,
+                   "SharedDict keys must be encodable as UTF-8; this key contains a lone "
+                   "surrogate code point");
+  }
+  return {p, n};
+}
+
+// ---------------------------------------------------------------------------
+// Values: encoding (a ValueSource) and decoding (a ValueSink).
+
+void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_gil) {
+  if (n >= kReleaseGilBytes && may_release_gil) {
+    nb::gil_scoped_release unlocked;
+    std::memcpy(dst, src, n);
+  } else if (n) {
+    std::memcpy(dst, src, n);
+  }
+}
+
+class Encoded : public sbx::ValueSource {
+ public:
+  uint64_t max_bytes() const override {
+    return head_.size() + payload_len_ + (align_ ? codec::kArrayAlign - 1 : 0);
+  }
+  uint64_t write(uint8_t* dst, uint64_t dst_off) override {
+    std::memcpy(dst, head_.data(), head_.size());
+    uint64_t pos = head_.size();
+    if (align_) {
+      uint64_t pad = (codec::kArrayAlign - (dst_off + pos) % codec::kArrayAlign) % codec::kArrayAlign;
+      std::memset(dst + pos, 0, pad);
+      pos += pad;
+    }
+    if (payload_len_) std::memcpy(dst + pos, payload_, payload_len_);
+    return pos + payload_len_;
+  }
+  uint64_t payload_len() const { return payload_len_; }
+
+  void encode(PyObject* v) {
+    PyTypeObject* t = Py_TYPE(v);
+    if (v == Py_None) return tag_only(codec::kNone);
+    if (t == &PyBool_Type) return tag_only(v == Py_True ? codec::kTrue : codec::kFalse);
+    if (t == &PyLong_Type) {
+      int overflow = 0;
+      long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+      if (!overflow && !(x == -1 && PyErr_Occurred())) {
+        head_.assign(1, char(codec::kInt64));
+        head_.append(reinterpret_cast<const char*>(&x), 8);
+        return;
+      }
+      PyErr_Clear();
+      return pickled(v);
+    }
+    if (t == &PyFloat_Type) {
+      double x = PyFloat_AS_DOUBLE(v);
+      head_.assign(1, char(codec::kFloat64));
+      head_.append(reinterpret_cast<const char*>(&x), 8);
+      return;
+    }
+    if (t == &PyUnicode_Type) {
+      Py_ssize_t n;
+      const char* p = PyUnicode_AsUTF8AndSize(v, &n);
+      if (!p) {  // lone surrogates: pickle keeps them
+        PyErr_Clear();
+        return pickled(v);
+      }
+      head_.assign(1, char(codec::kStr));
+      keep_ = nb::borrow(v);
+      payload_ = reinterpret_cast<const uint8_t*>(p);
+      payload_len_ = uint64_t(n);
+      return;
+    }
+    if (t == &PyBytes_Type) {
+      head_.assign(1, char(codec::kBytes));
+      keep_ = nb::borrow(v);
+      payload_ = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(v));
+      payload_len_ = uint64_t(PyBytes_GET_SIZE(v));
+      return;
+    }
+    if (is_ndarray(t) && array(v)) return;
+    pickled(v);
+  }
+
+ private:
+  static bool is_ndarray(PyTypeObject* t) {
+    if (!g.ndarray_type) {
+      PyObject* modules = PyImport_GetModuleDict();
+      PyObject* np = PyDict_GetItemString(modules, "numpy");  // borrowed
+      if (!np) return false;
+      PyObject* nd = PyObject_GetAttrString(np, "ndarray");
+      if (!nd) {
+        PyErr_Clear();
+        return false;
+      }
+      g.ndarray_type = nd;  // kept for the life of the process
+    }
+    return reinterpret_cast<PyObject*>(t) == g.ndarray_type;
+  }
+
+  void tag_only(codec::Tag tag) { head_.assign(1, char(tag)); }
+
+  void pickled(PyObject* v) {
+    nb::object data = nb::steal(PyObject_CallOneArg(g.pickle_dumps, v));
+    if (!data.is_valid()) throw nb::python_error();
+    if (!PyBytes_Check(data.ptr())) throw std::runtime_error("pickle helper must return bytes");
+    head_.assign(1, char(codec::kPickle));
+    payload_ = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(data.ptr()));
+    payload_len_ = uint64_t(PyBytes_GET_SIZE(data.ptr()));
+    keep_ = std::move(data);
+  }
+
+  // Returns false when the array must be pickled (object dtype).
+  bool array(PyObject* v) {
+    nb::object parts = nb::steal(PyObject_CallOneArg(g.array_header, v));
+    if (!parts.is_valid()) throw nb::python_error();
+    if (parts.is_none()) return false;
+    // (descr: bytes, shape: tuple, fortran: bool, data_ptr: int, nbytes: int, keepalive)
+    nb::tuple t = nb::cast<nb::tuple>(parts);
+    nb::bytes descr = nb::cast<nb::bytes>(t[0]);
+    nb::tuple shape = nb::cast<nb::tuple>(t[1]);
+    bool fortran = nb::cast<bool>(t[2]);
+    uintptr_t ptr = nb::cast<uintptr_t>(t[3]);
+    uint64_t nbytes = nb::cast<uint64_t>(t[4]);
+    size_t ndim = nb::len(shape);
+    if (ndim > codec::kArrayMaxDims || descr.size() > 0xFFFF)
+      throw nb::value_error("array has too many dimensions or too complex a dtype to store");
+    head_.assign(1, char(codec::kNdarray));
+    head_.push_back(char(fortran ? 1 : 0));
+    head_.push_back(char(ndim));
+    uint16_t dl = uint16_t(descr.size());
+    head_.append(reinterpret_cast<const char*>(&dl), 2);
+    head_.append(reinterpret_cast<const char*>(&nbytes), 8);
+    for (size_t i = 0; i < ndim; ++i) {
+      uint64_t d = nb::cast<uint64_t>(shape[i]);
+      head_.append(reinterpret_cast<const char*>(&d), 8);
+    }
+    head_.append(descr.c_str(), descr.size());
+    payload_ = reinterpret_cast<const uint8_t*>(ptr);
+    payload_len_ = nbytes;
+    align_ = true;
+    keep_ = std::move(parts);
+    return true;
+  }
+
+  std::string head_;
+  const uint8_t* payload_ = nullptr;
+  uint64_t payload_len_ = 0;
+  bool align_ = false;
+  nb::object keep_;
+};
+
+// Parsed ndarray header (bounds-checked against the value length).
+struct ArrayHeader {
+  bool fortran;
+  uint32_t ndim;
+  uint64_t nbytes;
+  uint64_t shape[codec::kArrayMaxDims];
+  const char* descr;
+  uint16_t descr_len;
+  uint64_t data_at;  // offset of the data from the start of the value
+};
+
+bool parse_array(const uint8_t* v, uint64_t n, uint64_t segment_off, ArrayHeader* h) {
+  if (n < codec::kArrayFixedHeader) return false;
+  h->fortran = v[1] & 1;
+  h->ndim = v[2];
+  std::memcpy(&h->descr_len, v + 3, 2);
+  std::memcpy(&h->nbytes, v + 5, 8);
+  if (h->ndim > codec::kArrayMaxDims) return false;
+  uint64_t pos = codec::kArrayFixedHeader;
+  if (n - pos < uint64_t(h->ndim) * 8) return false;
+  std::memcpy(h->shape, v + pos, size_t(h->ndim) * 8);
+  pos += uint64_t(h->ndim) * 8;
+  if (n - pos < h->descr_len) return false;
+  h->descr = reinterpret_cast<const char*>(v + pos);
+  pos += h->descr_len;
+  pos += (codec::kArrayAlign - (segment_off + pos) % codec::kArrayAlign) % codec::kArrayAlign;
+  if (pos > n || n - pos != h->nbytes) return false;
+  h->data_at = pos;
+  return true;
+}
+
+[[noreturn]] void throw_corrupt_value() {
+  throw sbx::Error(sbx::Errc::Corrupt, "a stored value is malformed");
+}
+
+// Builds a new ndarray for `h` and copies `data` into it.
+nb::object make_array(const ArrayHeader& h, const uint8_t* data, bool may_release_gil) {
+  nb::object shape = nb::steal(PyTuple_New(h.ndim));
+  for (uint32_t i = 0; i < h.ndim; ++i)
+    PyTuple_SET_ITEM(shape.ptr(), i, PyLong_FromUnsignedLongLong(h.shape[i]));
+  nb::object descr = nb::steal(PyBytes_FromStringAndSize(h.descr, h.descr_len));
+  nb::object made = nb::steal(PyObject_CallFunctionObjArgs(
+      g.array_new, descr.ptr(), shape.ptr(), h.fortran ? Py_True : Py_False, nullptr));
+  if (!made.is_valid()) throw nb::python_error();
+  // (array, data_ptr, nbytes)
+  nb::tuple t = nb::cast<nb::tuple>(made);
+  uint64_t nbytes = nb::cast<uint64_t>(t[2]);
+  if (nbytes != h.nbytes) throw_corrupt_value();
+  auto* dst = reinterpret_cast<uint8_t*>(nb::cast<uintptr_t>(t[1]));
+  copy_bytes(dst, data, nbytes, may_release_gil);
+  return nb::borrow(t[0]);
+}
+
+class Sink : public sbx::ValueSink {
+ public:
+  ~Sink() override { std::free(heap_); }
+
+  void take(const uint8_t* v, uint64_t n, uint64_t segment_off, bool under_lock) override {
+    if (n == 0) throw_corrupt_value();
+    segment_off_ = segment_off;
+    if (!under_lock) {
+      // Lock-free read: build large objects directly (one copy out).
+      if (v[0] == codec::kNdarray) {
+        ArrayHeader h;
+        if (!parse_array(v, n, segment_off, &h)) throw_corrupt_value();
+        direct_ = make_array(h, v + h.data_at, true);
+        return;
+      }
+      if (v[0] == codec::kBytes && n > kInlineBytes) {
+        direct_ = nb::steal(PyBytes_FromStringAndSize(nullptr, Py_ssize_t(n - 1)));
+        if (!direct_.is_valid()) throw nb::python_error();
+        copy_bytes(reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(direct_.ptr())), v + 1, n - 1, true);
+        return;
+      }
+    }
+    uint8_t* dst = buffer(n);
+    copy_bytes(dst, v, n, !under_lock);
+    len_ = n;
+  }
+
+  void reset() override {
+    direct_ = nb::object();
+    len_ = 0;
+  }
+
+  nb::object decode() {
+    if (direct_.is_valid()) return std::move(direct_);
+    const uint8_t* v = data();
+    uint64_t n = len_;
+    if (n == 0) throw_corrupt_value();
+    switch (v[0]) {
+      case codec::kNone:
+        return nb::none();
+      case codec::kFalse:
+        return nb::borrow(Py_False);
+      case codec::kTrue:
+        return nb::borrow(Py_True);
+      case codec::kInt64: {
+        if (n != 9) throw_corrupt_value();
+        long long x;
+        std::memcpy(&x, v + 1, 8);
+        return nb::steal(PyLong_FromLongLong(x));
+      }
+      case codec::kFloat64: {
+        if (n != 9) throw_corrupt_value();
+        double x;
+        std::memcpy(&x, v + 1, 8);
+        return nb::steal(PyFloat_FromDouble(x));
+      }
+      case codec::kStr: {
+        PyObject* s = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1), "strict");
+        if (!s) throw nb::python_error();
+        return nb::steal(s);
+      }
+      case codec::kBytes:
+        return nb::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1)));
+      case codec::kPickle: {
+        nb::object view = nb::steal(PyMemoryView_FromMemory(
+            reinterpret_cast<char*>(const_cast<uint8_t*>(v + 1)), Py_ssize_t(n - 1), PyBUF_READ));
+        if (!view.is_valid()) throw nb::python_error();
+        PyObject* obj = PyObject_CallOneArg(g.pickle_loads, view.ptr());
+        if (!obj) throw nb::python_error();
+        return nb::steal(obj);
+      }
+      case codec::kNdarray: {
+        ArrayHeader h;
+        if (!parse_array(v, n, segment_off_, &h)) throw_corrupt_value();
+        return make_array(h, v + h.data_at, true);
+      }
+      default:
+        throw_corrupt_value();
+    }
+  }
+
+ private:
+  uint8_t* buffer(uint64_t n) {
+    if (n <= kInlineBytes) return inline_;
+    if (n > heap_cap_) {
+      void* p = std::realloc(heap_, n);
+      if (!p) throw std::bad_alloc();
+      heap_ = static_cast<uint8_t*>(p);
+      heap_cap_ = n;
+    }
+    return heap_;
+  }
+  const uint8_t* data() const { return len_ <= kInlineBytes ? inline_ : heap_; }
+
+  uint8_t inline_[kInlineBytes];
+  uint8_t* heap_ = nullptr;
+  uint64_t heap_cap_ = 0;
+  uint64_t len_ = 0;
+  uint64_t segment_off_ = 0;
+  nb::object direct_;
+};
+
+// ---------------------------------------------------------------------------
+// The handle.
+
+class Core {
+ public:
+  Core(const std::string& name, bool create, uint64_t size, uint64_t max_keys, uint32_t stripes,
+       uint32_t mode, double attach_timeout) {
+    sbx::OpenOptions o;
+    o.name = name;
+    o.create = create;
+    o.size = size;
+    o.max_keys = max_keys;
+    o.stripes = stripes;
+    o.mode = mode;
+    o.attach_timeout_s = attach_timeout;
+    {
+      nb::gil_scoped_release unlocked;  // attaching may wait for a creator
+      dict_ = sbx::Dict::open(o, &created_);
+    }
+    name_ = name;
+    segment_bytes_ = dict_->segment_bytes();
+    max_keys_ = dict_->max_keys();
+    stripes_ = dict_->stripe_count();
+  }
+
+  // RAII: counts this thread as inside an operation; refuses if closed.
+  class Use {
+   public:
+    explicit Use(Core* c) : c_(c) {
+      uint64_t prev = c_->state_.fetch_add(2, std::memory_order_acquire);
+      if (prev & 1) {
+        leave();
+        throw ClosedError{c_->name_};
+      }
+    }
+    ~Use() { leave(); }
+    sbx::Dict* operator->() const { return c_->dict_.get(); }
+    sbx::Dict& dict() const { return *c_->dict_; }
+
+   private:
+    void leave() {
+      if (c_->state_.fetch_sub(2, std::memory_order_acq_rel) == 3) c_->release();
+    }
+    Core* c_;
+  };
+
+  void close() {
+    uint64_t prev = state_.fetch_or(1, std::memory_order_acq_rel);
+    if (!(prev & 1) && (prev >> 1) == 0) release();
+  }
+  bool closed() const { return state_.load(std::memory_order_acquire) & 1; }
+
+  nb::object get(PyObject* key, bool* found) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    Sink sink;
+    *found = d->get(k, sink);
+    if (!*found) return nb::object();
+    return sink.decode();
+  }
+
+  bool contains(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    return d->contains(d->key(kb.data, size_t(kb.len)));
+  }
+
+  bool put(PyObject* key, PyObject* value, sbx::PutMode mode) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    Encoded enc;
+    enc.encode(value);
+    if (enc.payload_len() >= kReleaseGilBytes) {
+      nb::gil_scoped_release unlocked;
+      return d->put(k, enc, mode);
+    }
+    return d->put(k, enc, mode);
+  }
+
+  // Removes key; with want_value, returns the removed value (else None).
+  bool erase(PyObject* key, bool want_value, nb::object* value) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    if (!want_value) return d->erase(k, nullptr);
+    Sink sink;
+    if (!d->erase(k, &sink)) return false;
+    *value = sink.decode();
+    return true;
+  }
+
+  Py_ssize_t size() {
+    Use d(this);
+    return Py_ssize_t(d->size());
+  }
+
+  nb::list keys(bool atomic) {
+    std::vector<std::string> ks;
+    {
+      Use d(this);
+      ks = d->keys(atomic);
+    }
+    nb::list out;
+    for (const std::string& s : ks) {
+      PyObject* o = PyUnicode_DecodeUTF8(s.data(), Py_ssize_t(s.size()), "strict");
+      if (!o) throw nb::python_error();
+      out.append(nb::steal(o));
+    }
+    return out;
+  }
+
+  nb::dict stats() {
+    sbx::Stats st;
+    {
+      Use d(this);
+      st = d->stats();
+    }
+    nb::dict r;
+    r["segment_bytes"] = st.segment_bytes;
+    r["heap_bytes"] = st.heap_bytes;
+    r["used_bytes"] = st.used_bytes;
+    r["free_bytes"] = st.free_bytes;
+    r["largest_free_bytes"] = st.largest_free_bytes;
+    r["max_keys"] = st.max_keys;
+    r["entries"] = st.entries;
+    r["stripes"] = st.stripes;
+    r["recoveries"] = st.recoveries;
+    r["key_bytes"] = st.key_bytes;
+    r["value_bytes"] = st.value_bytes;
+    r["record_bytes"] = st.record_bytes;
+    r["table_bytes"] = st.table_bytes;
+    return r;
+  }
+
+  std::vector<std::string> check() {
+    Use d(this);
+    return d->check_integrity();
+  }
+
+  const std::string& name() const { return name_; }
+  uint64_t segment_bytes() const { return segment_bytes_; }
+  uint64_t max_keys() const { return max_keys_; }
+  uint32_t stripes() const { return stripes_; }
+  bool created() const { return created_; }
+  uint32_t creator_pid() {
+    Use d(this);
+    return d->creator_pid();
+  }
+
+ private:
+  void release() {
+    if (!released_.exchange(true, std::memory_order_acq_rel)) dict_.reset();
+  }
+
+  std::unique_ptr<sbx::Dict> dict_;
+  std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed
+  std::atomic<bool> released_{false};
+  std::string name_;
+  bool created_ = false;
+  uint64_t segment_bytes_ = 0, max_keys_ = 0;
+  uint32_t stripes_ = 0;
+};
+
+Core* core_of(PyObject* self) { return nb::inst_ptr<Core>(nb::handle(self)); }
+
+// ---------------------------------------------------------------------------
+// Type slots for the hot paths.
+
+PyObject* slot_getitem(PyObject* self, PyObject* key) {
+  try {
+    bool found;
+    nb::object v = core_of(self)->get(key, &found);
+    if (!found) {
+      PyErr_SetObject(PyExc_KeyError, key);
+      return nullptr;
+    }
+    return v.release().ptr();
+  } catch (...) {
+    set_error_from_current_exception();
+    return nullptr;
+  }
+}
+
+int slot_setitem(PyObject* self, PyObject* key, PyObject* value) {
+  try {
+    Core* c = core_of(self);
+    if (value) {
+      c->put(key, value, sbx::PutMode::Always);
+      return 0;
+    }
+    if (!c->erase(key, false, nullptr)) {
+      PyErr_SetObject(PyExc_KeyError, key);
+      return -1;
+    }
+    return 0;
+  } catch (...) {
+    set_error_from_current_exception();
+    return -1;
+  }
+}
+
+int slot_contains(PyObject* self, PyObject* key) {
+  try {
+    return core_of(self)->contains(key) ? 1 : 0;
+  } catch (...) {
+    set_error_from_current_exception();
+    return -1;
+  }
+}
+
+Py_ssize_t slot_len(PyObject* self) {
+  try {
+    return core_of(self)->size();
+  } catch (...) {
+    set_error_from_current_exception();
+    return -1;
+  }
+}
+
+PyType_Slot core_slots[] = {
+    {Py_mp_subscript, reinterpret_cast<void*>(slot_getitem)},
+    {Py_mp_ass_subscript, reinterpret_cast<void*>(slot_setitem)},
+    {Py_mp_length, reinterpret_cast<void*>(slot_len)},
+    {Py_sq_length, reinterpret_cast<void*>(slot_len)},
+    {Py_sq_contains, reinterpret_cast<void*>(slot_contains)},
+    {0, nullptr},
+};
+
+const char* kErrorNames[] = {
+    "InvalidArgument", "NotFound", "PermissionDenied", "NoSpaceOnDevice", "Incompatible",
+    "NotReady", "SegmentFull", "ValueTooLarge", "TooManyKeys", "Corrupt", "System",
+};
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "Native engine of sharedbox (use the sharedbox package, not this module).";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const sbx::Error& e) {
+      set_python_error(e);
+    } catch (const ClosedError& e) {
+      set_closed_error(e);
+    }
+  });
+
+  m.attr("LAYOUT_VERSION") = sbx::kLayoutVersion;
+
+  m.def("_set_error_types", [](nb::dict types) {
+    for (size_t i = 0; i < sizeof(kErrorNames) / sizeof(kErrorNames[0]); ++i) {
+      if (types.contains(kErrorNames[i])) {
+        nb::object t = types[kErrorNames[i]];
+        g.errors[i] = t.inc_ref().ptr();
+      }
+    }
+    if (types.contains("Closed")) {
+      nb::object t = types["Closed"];
+      g.errors[kClosedIndex] = t.inc_ref().ptr();
+    }
+  });
+  m.def("_set_codec", [](nb::object dumps, nb::object loads, nb::object array_header,
+                         nb::object array_new) {
+    g.pickle_dumps = dumps.inc_ref().ptr();
+    g.pickle_loads = loads.inc_ref().ptr();
+    g.array_header = array_header.inc_ref().ptr();
+    g.array_new = array_new.inc_ref().ptr();
+  });
+  m.def("default_stripes", [](uint64_t max_keys) { return sbx::default_stripes(max_keys); },
+        "max_keys"_a, "The stripe count a SharedDict with this max_keys gets by default.");
+  m.def("heap_bytes_for", &sbx::heap_bytes_for, "size"_a, "stripes"_a,
+        "Bytes of a segment of this size left for records and index tables.");
+  m.def("unlink_segment", [](const std::string& name) { sbx::Dict::unlink(name); }, "name"_a,
+        "Removes the shared memory segment of this name.");
+
+  nb::class_<Core>(m, "SharedDictCore", nb::type_slots(core_slots))
+      .def(nb::init<const std::string&, bool, uint64_t, uint64_t, uint32_t, uint32_t, double>(),
+           "name"_a, "create"_a, "size"_a, "max_keys"_a, "stripes"_a, "mode"_a,
+           "attach_timeout"_a)
+      .def("get",
+           [](Core& c, nb::handle key, nb::handle dflt) -> nb::object {
+             bool found;
+             nb::object v = c.get(key.ptr(), &found);
+             return found ? v : nb::borrow(dflt);
+           },
+           "key"_a, "default"_a = nb::none(),
+           "Return the value for key if key is present, else default.")
+      .def("_put_if_absent",
+           [](Core& c, nb::handle key, nb::handle value) {
+             return c.put(key.ptr(), value.ptr(), sbx::PutMode::IfAbsent);
+           })
+      .def("_pop",
+           [](Core& c, nb::handle key, nb::handle dflt) -> nb::object {
+             nb::object v;
+             if (c.erase(key.ptr(), true, &v)) return v;
+             return nb::borrow(dflt);
+           })
+      .def("_discard", [](Core& c, nb::handle key) { return c.erase(key.ptr(), false, nullptr); })
+      .def("_keys", &Core::keys, "atomic"_a)
+      .def("_stats", &Core::stats)
+      .def("_check_integrity", &Core::check)
+      .def("close", &Core::close,
+           "Unmap the segment from this process; the data stays for other processes.")
+      .def("is_closed", &Core::closed, "True once close() has been called on this handle.")
+      .def_prop_ro("name", &Core::name, "The segment's name.")
+      .def_prop_ro("segment_size", &Core::segment_bytes, "The segment's size in bytes.")
+      .def_prop_ro("max_keys", &Core::max_keys, "The most keys the dict can hold.")
+      .def_prop_ro("stripes", &Core::stripes, "The number of lock stripes.")
+      .def_prop_ro("created", &Core::created, "True if this handle created the segment.")
+      .def_prop_ro("creator_pid", &Core::creator_pid, "PID of the process that created it.");
+}

@@ -1,0 +1,186 @@
+// allocator.cpp — the heap: a bitmap of 64-byte units under one robust lock.
+//
+// Why a bitmap: its state is exactly "which units belong to a live block", so
+// a crash inside an allocation can be replayed from a three-word journal, and
+// the whole state can be re-derived from the index (check_integrity does).
+// Freed neighbours coalesce for free, so churn cannot strand space between
+// size classes.  The search is first fit from a_hint_word, the lowest word
+// that may hold a free bit, which keeps the live data packed at the low end of
+// the segment (only touched pages cost memory).
+#include <errno.h>
+
+#include <cstring>
+
+#include "sharedbox/dict.hpp"
+#include "sharedbox/locks.hpp"
+
+namespace sbx {
+namespace {
+
+// Bit positions b such that free[b .. b+n-1] are all set (n <= 64), as a mask.
+uint64_t runs_of(uint64_t free_bits, uint64_t n) {
+  uint64_t r = free_bits;
+  uint64_t have = 1;
+  while (have < n && r) {
+    uint64_t step = have < n - have ? have : n - have;
+    r &= r >> step;
+    have += step;
+  }
+  return r;
+}
+
+}  // namespace
+
+void Dict::lock_alloc() {
+  int rc = pthread_mutex_lock(&hdr_->h_alloc.a_mutex);
+  if (rc == EOWNERDEAD) {
+    recover_alloc();
+    pthread_mutex_consistent(&hdr_->h_alloc.a_mutex);
+    hdr_->h_recoveries.fetch_add(1, std::memory_order_relaxed);
+  } else if (rc != 0) {
+    throw Error(Errc::Corrupt, "the allocator lock is unusable (" + std::string(strerror(rc)) +
+                                   "); the segment must be recreated", rc);
+  }
+}
+
+void Dict::unlock_alloc() { pthread_mutex_unlock(&hdr_->h_alloc.a_mutex); }
+
+uint64_t Dict::find_run(uint64_t n) const {
+  uint64_t run_start = 0, run_len = 0;
+  for (uint64_t w = hdr_->h_alloc.a_hint_word.load(std::memory_order_relaxed);
+       w < bitmap_words_; ++w) {
+    uint64_t bits = bitmap_[w];
+    if (bits == 0) {
+      if (run_len == 0) run_start = w * 64;
+      run_len += 64;
+      if (run_len >= n) return run_start;
+      continue;
+    }
+    if (bits == ~uint64_t(0)) {
+      run_len = 0;
+      continue;
+    }
+    // Low free bits extend the run that reached this word.
+    uint64_t low_free = uint64_t(__builtin_ctzll(bits));
+    if (run_len == 0) run_start = w * 64;
+    if (run_len + low_free >= n) return run_start;
+    if (n < 64) {
+      uint64_t r = runs_of(~bits, n);
+      if (r) return w * 64 + uint64_t(__builtin_ctzll(r));
+    }
+    // High free bits start a new run.
+    uint64_t high_free = uint64_t(__builtin_clzll(bits));
+    run_start = w * 64 + 64 - high_free;
+    run_len = high_free;
+  }
+  return UINT64_MAX;
+}
+
+void Dict::mark_units(uint64_t first, uint64_t n, bool used) {
+  uint64_t end = first + n;
+  while (first < end) {
+    uint64_t w = first / 64, b = first % 64;
+    uint64_t span = 64 - b < end - first ? 64 - b : end - first;
+    uint64_t mask = (span == 64 ? ~uint64_t(0) : ((uint64_t(1) << span) - 1)) << b;
+    if (used)
+      bitmap_[w] |= mask;
+    else
+      bitmap_[w] &= ~mask;
+    first += span;
+  }
+}
+
+uint64_t Dict::count_used_units() const {
+  uint64_t used = 0;
+  for (uint64_t w = 0; w < bitmap_words_; ++w) used += uint64_t(__builtin_popcountll(bitmap_[w]));
+  return used - (bitmap_words_ * 64 - heap_units_);  // minus the permanent tail bits
+}
+
+uint64_t Dict::largest_free_run() const {
+  uint64_t best = 0, run = 0;
+  for (uint64_t u = 0; u < heap_units_; ++u) {
+    if (u % 64 == 0 && bitmap_[u / 64] == 0 && u + 64 <= heap_units_) {
+      run += 64;
+      u += 63;
+    } else if (bitmap_[u / 64] & (uint64_t(1) << (u % 64))) {
+      run = 0;
+    } else {
+      ++run;
+    }
+    if (run > best) best = run;
+  }
+  return best;
+}
+
+// Allocates `units` and stores the block's offset into *target inside the
+// critical section (see AllocState).  Returns 0 when no run is large enough.
+uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target) {
+  AllocLock lock(this);
+  AllocState& a = hdr_->h_alloc;
+  uint64_t first = find_run(units);
+  if (first == UINT64_MAX) return 0;
+  uint64_t off = heap_off_ + first * kUnit;
+  a.a_off.store(off, std::memory_order_relaxed);
+  a.a_units.store(units, std::memory_order_relaxed);
+  a.a_target.store(off_of(target), std::memory_order_relaxed);
+  a.a_op.store(kAllocAlloc, std::memory_order_release);
+  mark_units(first, units, true);
+  target->store(off, std::memory_order_release);
+  a.a_used_units.fetch_add(units, std::memory_order_relaxed);
+  uint64_t hint = a.a_hint_word.load(std::memory_order_relaxed);
+  while (hint < bitmap_words_ && bitmap_[hint] == ~uint64_t(0)) ++hint;
+  a.a_hint_word.store(hint, std::memory_order_relaxed);
+  a.a_op.store(kAllocNone, std::memory_order_release);
+  // Writers of the new block publish their first store (the record stamp or
+  // the zeroed table) after this point; the release fence they issue pairs
+  // with lock-free readers that may still be copying what the block held.
+  return off;
+}
+
+// Frees the block whose offset is in *target and zeroes *target, in one
+// critical section; a no-op if *target is already 0 (so replays are safe).
+void Dict::free_block(std::atomic<uint64_t>* target, uint64_t units) {
+  AllocLock lock(this);
+  AllocState& a = hdr_->h_alloc;
+  uint64_t off = target->load(std::memory_order_acquire);
+  if (off == 0) return;
+  if (off < heap_off_ || (off - heap_off_) % kUnit != 0 || units == 0 ||
+      units > heap_units_ || (off - heap_off_) / kUnit > heap_units_ - units)
+    throw Error(Errc::Corrupt, "refusing to free an out-of-bounds block at offset " +
+                                   std::to_string(off));
+  a.a_off.store(off, std::memory_order_relaxed);
+  a.a_units.store(units, std::memory_order_relaxed);
+  a.a_target.store(off_of(target), std::memory_order_relaxed);
+  a.a_op.store(kAllocFree, std::memory_order_release);
+  uint64_t first = (off - heap_off_) / kUnit;
+  mark_units(first, units, false);
+  target->store(0, std::memory_order_release);
+  a.a_used_units.fetch_sub(units, std::memory_order_relaxed);
+  if (first / 64 < a.a_hint_word.load(std::memory_order_relaxed))
+    a.a_hint_word.store(first / 64, std::memory_order_relaxed);
+  a.a_op.store(kAllocNone, std::memory_order_release);
+}
+
+// Called with the allocator lock held after its previous owner died.  The
+// journal names the one operation that may be half done; redo it (both are
+// idempotent), then recompute the derived counters from the bitmap.
+void Dict::recover_alloc() {
+  AllocState& a = hdr_->h_alloc;
+  uint32_t op = a.a_op.load(std::memory_order_acquire);
+  if (op == kAllocAlloc || op == kAllocFree) {
+    uint64_t off = a.a_off.load(), units = a.a_units.load(), target = a.a_target.load();
+    bool sane = off >= heap_off_ && (off - heap_off_) % kUnit == 0 && units > 0 &&
+                units <= heap_units_ && (off - heap_off_) / kUnit <= heap_units_ - units &&
+                target % 8 == 0 && target >= kPage && target + 8 <= heap_off_;
+    if (sane) {
+      mark_units((off - heap_off_) / kUnit, units, op == kAllocAlloc);
+      reinterpret_cast<std::atomic<uint64_t>*>(base_ + target)
+          ->store(op == kAllocAlloc ? off : 0, std::memory_order_release);
+    }
+  }
+  a.a_used_units.store(count_used_units(), std::memory_order_relaxed);
+  a.a_hint_word.store(0, std::memory_order_relaxed);
+  a.a_op.store(kAllocNone, std::memory_order_release);
+}
+
+}  // namespace sbx

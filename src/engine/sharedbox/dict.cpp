@@ -1,0 +1,712 @@
+// dict.cpp — the index: per-stripe open-addressing tables, lock-free reads,
+// journaled writes, and the repair of a stripe whose lock holder died.
+#include "sharedbox/dict.hpp"
+
+#include <errno.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "sharedbox/hash.hpp"
+#include "sharedbox/locks.hpp"
+
+namespace sbx {
+namespace {
+
+constexpr int kOptimisticReads = 8;  // lock-free tries before taking the stripe lock
+constexpr uint64_t kHeaderBytes = sizeof(RecordHeader);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+inline uint64_t tag_of(uint64_t hash) { return (hash >> 16) & 0x3FFFFFu; }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Locks.
+
+Stripe& Dict::stripe(uint32_t i) const {
+  return reinterpret_cast<Stripe*>(base_ + hdr_->h_stripe_off)[i];
+}
+
+void Dict::lock_stripe(uint32_t i) {
+  Stripe& s = stripe(i);
+  int rc = pthread_mutex_lock(&s.s_mutex);
+  if (rc == EOWNERDEAD) {
+    try {
+      recover_stripe(i);
+    } catch (...) {
+      // Leave the mutex inconsistent: unlocking it now makes it permanently
+      // unusable (ENOTRECOVERABLE), which is the honest state.
+      pthread_mutex_unlock(&s.s_mutex);
+      throw;
+    }
+    pthread_mutex_consistent(&s.s_mutex);
+    hdr_->h_recoveries.fetch_add(1, std::memory_order_relaxed);
+  } else if (rc != 0) {
+    throw Error(Errc::Corrupt, "stripe lock " + std::to_string(i) + " is unusable (" +
+                                   std::string(strerror(rc)) +
+                                   "); the segment must be recreated", rc);
+  }
+}
+
+void Dict::unlock_stripe(uint32_t i) { pthread_mutex_unlock(&stripe(i).s_mutex); }
+
+// ---------------------------------------------------------------------------
+// Bounds-checked views of shared memory.  Everything a lock-free reader follows
+// may be garbage (it may be reading freed memory), so every offset and length
+// is checked against the heap before use.
+
+Slot* Dict::table_slots(uint64_t ref) const {
+  uint64_t off = table_offset(ref);
+  uint32_t lg = table_log2(ref);
+  if (lg < kMinTableLog2 || lg > 40 || off < heap_off_ || off % kUnit != 0) return nullptr;
+  uint64_t bytes = (uint64_t(1) << lg) * sizeof(Slot);
+  if (off > size_ || bytes > size_ - off) return nullptr;
+  return reinterpret_cast<Slot*>(base_ + off);
+}
+
+const RecordHeader* Dict::record(uint64_t off, uint64_t* klen, uint64_t* vlen) const {
+  if (off < heap_off_ || off > size_ || size_ - off < kHeaderBytes) return nullptr;
+  auto* r = reinterpret_cast<const RecordHeader*>(base_ + off);
+  uint64_t kl = r->r_klen, vl = r->r_vlen;
+  uint64_t room = size_ - off - kHeaderBytes;
+  if (kl > room || vl > room - kl) return nullptr;
+  *klen = kl;
+  *vlen = vl;
+  return r;
+}
+
+bool Dict::record_matches(uint64_t off, const KeyRef& k) const {
+  uint64_t kl, vl;
+  const RecordHeader* r = record(off, &kl, &vl);
+  return r && r->r_hash == k.hash && kl == k.len &&
+         std::memcmp(reinterpret_cast<const uint8_t*>(r) + kHeaderBytes, k.data, k.len) == 0;
+}
+
+KeyRef Dict::key(const char* data, size_t len) const {
+  if (len > UINT32_MAX) throw Error(Errc::InvalidArgument, "key is longer than 4 GiB");
+  return KeyRef{data, uint32_t(len), hash_key(data, len, hdr_->h_hash_seed)};
+}
+
+// ---------------------------------------------------------------------------
+// Reads.
+
+bool Dict::get(const KeyRef& k, ValueSink& sink) {
+  const uint32_t si = stripe_of(k.hash);
+  Stripe& s = stripe(si);
+  const uint64_t tag = tag_of(k.hash);
+  for (int attempt = 0; attempt < kOptimisticReads; ++attempt) {
+    uint64_t gen = s.s_table_gen.load(std::memory_order_acquire);
+    if (gen & 1) {  // table being replaced
+      cpu_relax();
+      continue;
+    }
+    uint64_t ref = s.s_table_ref.load(std::memory_order_acquire);
+    Slot* slots = ref ? table_slots(ref) : nullptr;
+    uint64_t mask = slots ? (uint64_t(1) << table_log2(ref)) - 1 : 0;
+    uint64_t pos = k.hash & mask;
+    bool retry = ref && !slots;
+    for (uint64_t n = 0; slots && n <= mask; ++n, pos = (pos + 1) & mask) {
+      uint64_t c = slots[pos].load(std::memory_order_acquire);
+      uint64_t state = slot_state(c);
+      if (state == kSlotEmpty) break;
+      if (state != kSlotFull || slot_tag(c) != tag) continue;
+      uint64_t roff = slot_record(c);
+      uint64_t kl, vl;
+      const RecordHeader* r = record(roff, &kl, &vl);
+      if (!r) {
+        retry = true;
+        break;
+      }
+      uint64_t stamp = r->r_stamp.load(std::memory_order_acquire);
+      if (!record_matches(roff, k)) continue;
+      uint64_t voff = roff + kHeaderBytes + kl;
+      auto still_valid = [&] {
+        std::atomic_thread_fence(std::memory_order_acquire);
+        return slots[pos].load(std::memory_order_relaxed) == c &&
+               r->r_stamp.load(std::memory_order_relaxed) == stamp &&
+               s.s_table_gen.load(std::memory_order_relaxed) == gen;
+      };
+      try {
+        sink.take(base_ + voff, vl, voff, false);
+      } catch (...) {
+        if (still_valid()) throw;  // a real error on stable data
+        sink.reset();
+        retry = true;
+        break;
+      }
+      if (still_valid()) return true;
+      sink.reset();
+      retry = true;
+      break;
+    }
+    if (!retry) {
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (s.s_table_gen.load(std::memory_order_relaxed) == gen) return false;
+    }
+  }
+  // Too many collisions with writers (or a dead writer left the table
+  // generation odd): read under the lock, which also repairs.
+  StripeLock lock(this, si);
+  Probe p = find_locked(s, k);
+  if (!p.found) return false;
+  uint64_t kl, vl;
+  uint64_t roff = slot_record(p.ctl);
+  if (!record(roff, &kl, &vl)) throw Error(Errc::Corrupt, "record out of bounds");
+  uint64_t voff = roff + kHeaderBytes + kl;
+  sink.take(base_ + voff, vl, voff, true);
+  return true;
+}
+
+namespace {
+class DiscardSink : public ValueSink {
+ public:
+  void take(const uint8_t*, uint64_t, uint64_t, bool) override {}
+  void reset() override {}
+};
+}  // namespace
+
+bool Dict::contains(const KeyRef& k) {
+  DiscardSink sink;
+  return get(k, sink);
+}
+
+uint64_t Dict::size() const {
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < nstripes_; ++i) n += stripe(i).s_count.load(std::memory_order_relaxed);
+  return n;
+}
+
+// ---------------------------------------------------------------------------
+// Writes (stripe lock held).
+
+Dict::Probe Dict::find_locked(const Stripe& s, const KeyRef& k) const {
+  Probe p;
+  uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
+  if (!ref) return p;
+  Slot* slots = table_slots(ref);
+  if (!slots) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
+  uint64_t mask = (uint64_t(1) << table_log2(ref)) - 1;
+  uint64_t tag = tag_of(k.hash);
+  uint64_t pos = k.hash & mask;
+  for (uint64_t n = 0; n <= mask; ++n, pos = (pos + 1) & mask) {
+    uint64_t c = slots[pos].load(std::memory_order_relaxed);
+    uint64_t state = slot_state(c);
+    if (state == kSlotEmpty) {
+      if (!p.has_free) {
+        p.has_free = true;
+        p.free_idx = pos;
+        p.free_is_tomb = false;
+      }
+      break;
+    }
+    if (state == kSlotTomb) {
+      if (!p.has_free) {
+        p.has_free = true;
+        p.free_idx = pos;
+        p.free_is_tomb = true;
+      }
+      continue;
+    }
+    if (slot_tag(c) == tag && record_matches(slot_record(c), k)) {
+      p.found = true;
+      p.idx = pos;
+      p.ctl = c;
+      return p;
+    }
+  }
+  return p;
+}
+
+bool Dict::reserve_key() {
+  uint64_t cur = hdr_->h_reserved_keys.load(std::memory_order_relaxed);
+  const uint64_t limit = hdr_->h_max_keys;
+  while (cur < limit) {
+    if (hdr_->h_reserved_keys.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel))
+      return true;
+  }
+  return false;
+}
+
+// Recomputes h_reserved_keys from the stripe counts, all stripes locked.
+void Dict::recount() {
+  uint32_t locked = 0;
+  try {
+    for (; locked < nstripes_; ++locked) lock_stripe(locked);
+  } catch (...) {
+    while (locked) unlock_stripe(--locked);
+    throw;
+  }
+  uint64_t n = 0;
+  for (uint32_t i = 0; i < nstripes_; ++i) n += stripe(i).s_count.load(std::memory_order_relaxed);
+  hdr_->h_reserved_keys.store(n, std::memory_order_release);
+  hdr_->h_recount_needed.store(0, std::memory_order_release);
+  while (locked) unlock_stripe(--locked);
+}
+
+// Replaces stripe si's table by a fresh one sized for want_keys live keys,
+// dropping tombstones.  Journaled as kOpResize; published by one store of
+// s_table_ref inside an odd s_table_gen.
+void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
+  Stripe& s = stripe(si);
+  Journal& j = s.s_journal;
+  uint32_t lg = kMinTableLog2;
+  while ((uint64_t(1) << lg) < want_keys * 2) ++lg;
+  uint64_t cap = uint64_t(1) << lg;
+  uint64_t units = (cap * sizeof(Slot) + kUnit - 1) / kUnit;
+  if (units > heap_units_)
+    throw Error(Errc::SegmentFull, "the segment is too small for an index of this many keys");
+
+  uint64_t old_ref = s.s_table_ref.load(std::memory_order_relaxed);
+  j.j_table.store(old_ref, std::memory_order_relaxed);
+  j.j_old.store(old_ref ? table_offset(old_ref) : 0, std::memory_order_relaxed);
+  j.j_old_units.store(old_ref ? ((uint64_t(1) << table_log2(old_ref)) * sizeof(Slot) + kUnit - 1) / kUnit : 0,
+                      std::memory_order_relaxed);
+  j.j_new.store(0, std::memory_order_relaxed);
+  j.j_new_units.store(units, std::memory_order_relaxed);
+  j.j_count.store(s.s_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  j.j_tombs.store(s.s_tombs.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  j.j_op.store(kOpResize, std::memory_order_release);
+
+  uint64_t off = alloc(units, &j.j_new);
+  if (!off) {
+    j.j_op.store(kOpNone, std::memory_order_release);
+    throw Error(Errc::SegmentFull, "");
+  }
+  std::atomic_thread_fence(std::memory_order_release);
+  std::memset(base_ + off, 0, units * kUnit);
+  Slot* fresh = reinterpret_cast<Slot*>(base_ + off);
+  if (old_ref) {
+    Slot* old = table_slots(old_ref);
+    uint64_t old_cap = uint64_t(1) << table_log2(old_ref);
+    for (uint64_t i = 0; i < old_cap; ++i) {
+      uint64_t c = old[i].load(std::memory_order_relaxed);
+      if (slot_state(c) != kSlotFull) continue;
+      uint64_t kl, vl;
+      const RecordHeader* r = record(slot_record(c), &kl, &vl);
+      if (!r) throw Error(Errc::Corrupt, "record out of bounds during resize");
+      uint64_t pos = r->r_hash & (cap - 1);
+      while (fresh[pos].load(std::memory_order_relaxed) != kSlotEmpty) pos = (pos + 1) & (cap - 1);
+      fresh[pos].store(c, std::memory_order_relaxed);
+    }
+  }
+  uint64_t gen = s.s_table_gen.load(std::memory_order_relaxed);
+  s.s_table_gen.store(gen + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  s.s_table_ref.store(make_table_ref(off, lg), std::memory_order_release);
+  s.s_table_gen.store(gen + 2, std::memory_order_release);
+  s.s_tombs.store(0, std::memory_order_relaxed);
+  free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+  j.j_op.store(kOpNone, std::memory_order_release);
+}
+
+bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
+  const uint64_t vmax = src.max_bytes();
+  const uint64_t heap_bytes = heap_units_ * kUnit;
+  if (vmax > heap_bytes || k.len > heap_bytes - vmax || kHeaderBytes + k.len + vmax > heap_bytes)
+    throw Error(Errc::ValueTooLarge,
+                "the value (" + std::to_string(vmax) + " bytes with its key) can never fit in "
+                "this segment, whose heap is " + std::to_string(heap_bytes) +
+                " bytes; create the SharedDict with a larger size= (see recommend_sizing())");
+  const uint64_t units = (kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit;
+  const uint32_t si = stripe_of(k.hash);
+  Stripe& s = stripe(si);
+  Journal& j = s.s_journal;
+
+  for (;;) {
+    StripeLock lock(this, si);
+    Probe p = find_locked(s, k);
+    if (p.found && mode == PutMode::IfAbsent) return false;
+    bool reserved = false;
+    if (!p.found) {
+      uint64_t count = s.s_count.load(std::memory_order_relaxed);
+      uint64_t tombs = s.s_tombs.load(std::memory_order_relaxed);
+      uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
+      uint64_t cap = ref ? uint64_t(1) << table_log2(ref) : 0;
+      // Keep live + tombstones under 3/4 of the table so probes stay short
+      // and an empty slot always ends every probe sequence.
+      if (!ref || (count + tombs + 1) * 4 > cap * 3) {
+        try {
+          resize_locked(si, count + 1);
+        } catch (const Error& e) {
+          if (e.code() != Errc::SegmentFull) throw;
+          throw Error(Errc::SegmentFull,
+                      "the segment is full: no room to grow the index for a new key (" +
+                          std::to_string(size()) + " keys stored); delete keys or create a "
+                          "larger SharedDict (see recommend_sizing())");
+        }
+        p = find_locked(s, k);
+      }
+      if (!reserve_key()) {
+        if (hdr_->h_recount_needed.load(std::memory_order_acquire)) {
+          lock.unlock();
+          recount();
+          continue;
+        }
+        throw Error(Errc::TooManyKeys,
+                    "the SharedDict '" + name_ + "' already holds max_keys=" +
+                        std::to_string(hdr_->h_max_keys) +
+                        " keys; delete keys or create it with a larger max_keys "
+                        "(see recommend_sizing())");
+      }
+      reserved = true;
+      j.j_reserved.store(1, std::memory_order_relaxed);
+    }
+    uint64_t slot_idx = p.found ? p.idx : p.free_idx;
+    uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
+    Slot* slots = table_slots(ref);
+    if (!slots || (!p.found && !p.has_free)) throw Error(Errc::Corrupt, "stripe table unusable");
+    uint64_t old_off = p.found ? slot_record(p.ctl) : 0;
+    uint64_t old_units = 0;
+    if (old_off) {
+      uint64_t kl, vl;
+      const RecordHeader* r = record(old_off, &kl, &vl);
+      if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+      old_units = r->r_units;
+    }
+    uint64_t count = s.s_count.load(std::memory_order_relaxed);
+    uint64_t tombs = s.s_tombs.load(std::memory_order_relaxed);
+    j.j_insert.store(p.found ? 0 : 1, std::memory_order_relaxed);
+    j.j_was_tomb.store(!p.found && p.free_is_tomb ? 1 : 0, std::memory_order_relaxed);
+    j.j_reserved.store(reserved ? 1 : 0, std::memory_order_relaxed);
+    j.j_slot.store(slot_idx, std::memory_order_relaxed);
+    j.j_table.store(ref, std::memory_order_relaxed);
+    j.j_new.store(0, std::memory_order_relaxed);
+    j.j_new_units.store(units, std::memory_order_relaxed);
+    j.j_old.store(old_off, std::memory_order_relaxed);
+    j.j_old_units.store(old_units, std::memory_order_relaxed);
+    j.j_count.store(count, std::memory_order_relaxed);
+    j.j_tombs.store(tombs, std::memory_order_relaxed);
+    j.j_op.store(kOpPut, std::memory_order_release);
+
+    auto roll_back = [&] {
+      free_block(&j.j_new, units);
+      if (reserved) hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+      j.j_op.store(kOpNone, std::memory_order_release);
+    };
+
+    uint64_t off = alloc(units, &j.j_new);
+    if (!off) {
+      roll_back();
+      throw Error(Errc::SegmentFull,
+                  "the segment '" + name_ + "' is full: no free block of " +
+                      std::to_string(units * kUnit) + " bytes for this value; delete keys or "
+                      "create a larger SharedDict (see recommend_sizing())");
+    }
+    auto* r = reinterpret_cast<RecordHeader*>(base_ + off);
+    uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 16) | si;
+    r->r_stamp.store(stamp, std::memory_order_relaxed);
+    // Seqlock writer: a reader that copies any byte written below and then
+    // re-reads r_stamp or the slot sees this stamp (or a later store).
+    std::atomic_thread_fence(std::memory_order_release);
+    r->r_hash = k.hash;
+    r->r_units = units;
+    r->r_klen = k.len;
+    r->r_vpad = 0;
+    std::memcpy(base_ + off + kHeaderBytes, k.data, k.len);
+    uint64_t voff = off + kHeaderBytes + k.len;
+    uint64_t vlen;
+    try {
+      vlen = src.write(base_ + voff, voff);
+    } catch (...) {
+      roll_back();
+      throw;
+    }
+    if (vlen > vmax) {
+      roll_back();
+      throw Error(Errc::Corrupt, "value writer overran its declared size");
+    }
+    r->r_vlen = vlen;
+    // Publish: one store makes the whole record visible.
+    slots[slot_idx].store(make_full_slot(off, tag_of(k.hash)), std::memory_order_release);
+    if (!p.found) {
+      s.s_count.store(count + 1, std::memory_order_relaxed);
+      if (p.free_is_tomb) s.s_tombs.store(tombs - 1, std::memory_order_relaxed);
+    }
+    if (old_off) free_block(&j.j_old, old_units);
+    j.j_op.store(kOpNone, std::memory_order_release);
+    return true;
+  }
+}
+
+bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
+  const uint32_t si = stripe_of(k.hash);
+  Stripe& s = stripe(si);
+  Journal& j = s.s_journal;
+  StripeLock lock(this, si);
+  Probe p = find_locked(s, k);
+  if (!p.found) return false;
+  uint64_t roff = slot_record(p.ctl);
+  uint64_t kl, vl;
+  const RecordHeader* r = record(roff, &kl, &vl);
+  if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+  if (old_value) {
+    uint64_t voff = roff + kHeaderBytes + kl;
+    old_value->take(base_ + voff, vl, voff, true);  // may throw: nothing changed yet
+  }
+  uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
+  uint64_t count = s.s_count.load(std::memory_order_relaxed);
+  uint64_t tombs = s.s_tombs.load(std::memory_order_relaxed);
+  j.j_slot.store(p.idx, std::memory_order_relaxed);
+  j.j_table.store(ref, std::memory_order_relaxed);
+  j.j_new.store(0, std::memory_order_relaxed);
+  j.j_old.store(roff, std::memory_order_relaxed);
+  j.j_old_units.store(r->r_units, std::memory_order_relaxed);
+  j.j_count.store(count, std::memory_order_relaxed);
+  j.j_tombs.store(tombs, std::memory_order_relaxed);
+  j.j_op.store(kOpErase, std::memory_order_release);
+
+  table_slots(ref)[p.idx].store(kSlotTomb, std::memory_order_release);
+  s.s_count.store(count - 1, std::memory_order_relaxed);
+  s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
+  free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+  hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+  j.j_op.store(kOpNone, std::memory_order_release);
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Crash repair.  Called with stripe i's lock held after its owner died.  The
+// journal says which operation was in flight; the slot (or table reference)
+// says whether its publishing store happened.  Roll forward or back, then
+// restore the counters from the journal.  h_reserved_keys cannot be repaired
+// locally (another stripe may be changing it), so a recount is requested.
+void Dict::recover_stripe(uint32_t i) {
+  Stripe& s = stripe(i);
+  Journal& j = s.s_journal;
+  hdr_->h_recount_needed.store(1, std::memory_order_release);
+  uint32_t op = j.j_op.load(std::memory_order_acquire);
+  uint64_t gen = s.s_table_gen.load(std::memory_order_relaxed);
+  if (gen & 1) s.s_table_gen.store(gen + 1, std::memory_order_release);
+  if (op == kOpNone) return;
+
+  uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
+  if (op == kOpResize) {
+    uint64_t fresh = j.j_new.load(std::memory_order_acquire);
+    if (fresh && table_offset(ref) == fresh) {  // published: drop the old table
+      s.s_tombs.store(0, std::memory_order_relaxed);
+      free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+    } else {  // not published: drop the new one
+      free_block(&j.j_new, j.j_new_units.load(std::memory_order_relaxed));
+    }
+    j.j_op.store(kOpNone, std::memory_order_release);
+    return;
+  }
+
+  Slot* slots = ref ? table_slots(ref) : nullptr;
+  uint64_t idx = j.j_slot.load(std::memory_order_relaxed);
+  if (!slots || ref != j.j_table.load(std::memory_order_relaxed) ||
+      idx >= (uint64_t(1) << table_log2(ref)))
+    throw Error(Errc::Corrupt, "stripe journal does not match its table");
+  uint64_t c = slots[idx].load(std::memory_order_acquire);
+  uint64_t count = j.j_count.load(std::memory_order_relaxed);
+  uint64_t tombs = j.j_tombs.load(std::memory_order_relaxed);
+
+  if (op == kOpPut) {
+    uint64_t fresh = j.j_new.load(std::memory_order_acquire);
+    bool insert = j.j_insert.load(std::memory_order_relaxed) != 0;
+    bool published = fresh && slot_state(c) == kSlotFull && slot_record(c) == fresh;
+    if (published) {
+      s.s_count.store(count + (insert ? 1 : 0), std::memory_order_relaxed);
+      s.s_tombs.store(tombs - (insert && j.j_was_tomb.load() ? 1 : 0), std::memory_order_relaxed);
+      free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+    } else {
+      free_block(&j.j_new, j.j_new_units.load(std::memory_order_relaxed));
+      s.s_count.store(count, std::memory_order_relaxed);
+      s.s_tombs.store(tombs, std::memory_order_relaxed);
+      if (insert && j.j_reserved.load(std::memory_order_relaxed))
+        hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  } else if (op == kOpErase) {
+    if (slot_state(c) == kSlotTomb) {  // published
+      s.s_count.store(count - 1, std::memory_order_relaxed);
+      s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
+      free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+    } else {
+      s.s_count.store(count, std::memory_order_relaxed);
+      s.s_tombs.store(tombs, std::memory_order_relaxed);
+    }
+  }
+  j.j_op.store(kOpNone, std::memory_order_release);
+}
+
+// ---------------------------------------------------------------------------
+// Whole-dict operations.
+
+std::vector<std::string> Dict::keys(bool atomic) {
+  std::vector<std::string> out;
+  out.reserve(size());
+  auto collect = [&](uint32_t i) {
+    uint64_t ref = stripe(i).s_table_ref.load(std::memory_order_relaxed);
+    if (!ref) return;
+    Slot* slots = table_slots(ref);
+    if (!slots) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
+    uint64_t cap = uint64_t(1) << table_log2(ref);
+    for (uint64_t n = 0; n < cap; ++n) {
+      uint64_t c = slots[n].load(std::memory_order_relaxed);
+      if (slot_state(c) != kSlotFull) continue;
+      uint64_t kl, vl;
+      const RecordHeader* r = record(slot_record(c), &kl, &vl);
+      if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+      out.emplace_back(reinterpret_cast<const char*>(r) + kHeaderBytes, kl);
+    }
+  };
+  if (atomic) {
+    uint32_t locked = 0;
+    try {
+      for (; locked < nstripes_; ++locked) lock_stripe(locked);
+      for (uint32_t i = 0; i < nstripes_; ++i) collect(i);
+    } catch (...) {
+      while (locked) unlock_stripe(--locked);
+      throw;
+    }
+    while (locked) unlock_stripe(--locked);
+  } else {
+    for (uint32_t i = 0; i < nstripes_; ++i) {
+      StripeLock lock(this, i);
+      collect(i);
+    }
+  }
+  return out;
+}
+
+Stats Dict::stats() {
+  Stats st{};
+  st.segment_bytes = size_;
+  st.heap_bytes = heap_units_ * kUnit;
+  st.max_keys = hdr_->h_max_keys;
+  st.stripes = nstripes_;
+  for (uint32_t i = 0; i < nstripes_; ++i) {
+    StripeLock lock(this, i);
+    Stripe& s = stripe(i);
+    st.entries += s.s_count.load(std::memory_order_relaxed);
+    uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
+    if (!ref) continue;
+    Slot* slots = table_slots(ref);
+    if (!slots) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
+    uint64_t cap = uint64_t(1) << table_log2(ref);
+    st.table_bytes += (cap * sizeof(Slot) + kUnit - 1) / kUnit * kUnit;
+    for (uint64_t n = 0; n < cap; ++n) {
+      uint64_t c = slots[n].load(std::memory_order_relaxed);
+      if (slot_state(c) != kSlotFull) continue;
+      uint64_t kl, vl;
+      const RecordHeader* r = record(slot_record(c), &kl, &vl);
+      if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+      st.key_bytes += kl;
+      st.value_bytes += vl;
+      st.record_bytes += r->r_units * kUnit;
+    }
+  }
+  {
+    AllocLock lock(this);
+    st.used_bytes = hdr_->h_alloc.a_used_units.load(std::memory_order_relaxed) * kUnit;
+    st.largest_free_bytes = largest_free_run() * kUnit;
+  }
+  st.free_bytes = st.heap_bytes - st.used_bytes;
+  st.recoveries = hdr_->h_recoveries.load(std::memory_order_relaxed);
+  return st;
+}
+
+std::vector<std::string> Dict::check_integrity() {
+  std::vector<std::string> problems;
+  uint32_t locked = 0;
+  try {
+    for (; locked < nstripes_; ++locked) lock_stripe(locked);
+  } catch (...) {
+    while (locked) unlock_stripe(--locked);
+    throw;
+  }
+  {
+    AllocLock alock(this);
+    std::vector<uint8_t> owner(heap_units_, 0);
+    uint64_t expect_used = 0, total = 0;
+    auto claim = [&](uint64_t off, uint64_t units, const char* what) {
+      if (off < heap_off_ || (off - heap_off_) % kUnit || units == 0 ||
+          (off - heap_off_) / kUnit + units > heap_units_) {
+        problems.push_back(std::string(what) + " block out of bounds");
+        return;
+      }
+      uint64_t first = (off - heap_off_) / kUnit;
+      for (uint64_t u = first; u < first + units; ++u) {
+        if (owner[u]) {
+          problems.push_back(std::string(what) + " overlaps another block");
+          return;
+        }
+        owner[u] = 1;
+      }
+      expect_used += units;
+    };
+    for (uint32_t i = 0; i < nstripes_; ++i) {
+      Stripe& s = stripe(i);
+      if (s.s_journal.j_op.load() != kOpNone) problems.push_back("stripe journal left open");
+      if (s.s_table_gen.load() & 1) problems.push_back("stripe table generation left odd");
+      uint64_t ref = s.s_table_ref.load();
+      uint64_t live = 0, tombs = 0;
+      if (ref) {
+        Slot* slots = table_slots(ref);
+        if (!slots) {
+          problems.push_back("table reference out of bounds");
+          continue;
+        }
+        uint64_t cap = uint64_t(1) << table_log2(ref);
+        claim(table_offset(ref), (cap * sizeof(Slot) + kUnit - 1) / kUnit, "table");
+        bool has_empty = false;
+        for (uint64_t n = 0; n < cap; ++n) {
+          uint64_t c = slots[n].load();
+          if (slot_state(c) == kSlotEmpty) has_empty = true;
+          if (slot_state(c) == kSlotTomb) ++tombs;
+          if (slot_state(c) != kSlotFull) continue;
+          ++live;
+          uint64_t kl, vl;
+          const RecordHeader* r = record(slot_record(c), &kl, &vl);
+          if (!r) {
+            problems.push_back("record out of bounds");
+            continue;
+          }
+          if (stripe_of(r->r_hash) != i) problems.push_back("record in the wrong stripe");
+          if (tag_of(r->r_hash) != slot_tag(c)) problems.push_back("slot tag mismatch");
+          if (hash_key(reinterpret_cast<const uint8_t*>(r) + kHeaderBytes, kl,
+                       hdr_->h_hash_seed) != r->r_hash)
+            problems.push_back("record hash does not match its key");
+          if (kHeaderBytes + kl + vl > r->r_units * kUnit)
+            problems.push_back("record longer than its block");
+          claim(slot_record(c), r->r_units, "record");
+        }
+        if (!has_empty) problems.push_back("table has no empty slot");
+      }
+      if (live != s.s_count.load()) problems.push_back("stripe count differs from its table");
+      if (tombs != s.s_tombs.load()) problems.push_back("stripe tombstone count differs");
+      total += live;
+    }
+    uint64_t bitmap_used = count_used_units();
+    if (bitmap_used != expect_used)
+      problems.push_back("allocator: " + std::to_string(bitmap_used) + " units marked used, " +
+                         std::to_string(expect_used) + " owned by the index");
+    for (uint64_t u = 0; u < heap_units_; ++u) {
+      bool used = bitmap_[u / 64] >> (u % 64) & 1;
+      if (used != bool(owner[u])) {
+        problems.push_back("allocator bitmap disagrees with the index at unit " +
+                           std::to_string(u));
+        break;
+      }
+    }
+    if (hdr_->h_alloc.a_used_units.load() != bitmap_used)
+      problems.push_back("allocator used counter differs from its bitmap");
+    if (hdr_->h_alloc.a_op.load() != kAllocNone) problems.push_back("allocator journal left open");
+    if (!hdr_->h_recount_needed.load() && hdr_->h_reserved_keys.load() != total)
+      problems.push_back("reserved key count " + std::to_string(hdr_->h_reserved_keys.load()) +
+                         " differs from " + std::to_string(total) + " keys");
+  }
+  while (locked) unlock_stripe(--locked);
+  return problems;
+}
+
+}  // namespace sbx

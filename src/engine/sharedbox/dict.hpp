@@ -1,0 +1,172 @@
+// dict.hpp — sbx::Dict, a string-keyed map of byte values in one named POSIX
+// shared-memory segment.  No Python here: bytes in, bytes out.
+//
+// Guarantees (what every process mapping the segment may rely on):
+//   * Every single-key operation (get, contains, put, erase) is linearizable.
+//   * get/contains take no lock and write nothing to shared memory; they
+//     validate what they copied and retry (falling back to the stripe lock
+//     after a few failed tries, so they cannot starve).
+//   * put/erase hold one stripe lock; keys on different stripes never contend.
+//   * keys(atomic=true) holds every stripe lock: a point-in-time snapshot.
+//   * Any process may die at any instruction: the robust locks report the dead
+//     owner to the next process, which replays the owner's journal (see
+//     layout.hpp and docs/design.md).
+//
+// Differences from std::unordered_map: values are copied in and out (a
+// ValueSource writes, a ValueSink reads), capacity is fixed by max_keys and the
+// segment size, and failures throw sbx::Error with a code.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sharedbox/errors.hpp"
+#include "sharedbox/layout.hpp"
+
+namespace sbx {
+
+struct OpenOptions {
+  std::string name;            // without the leading '/'
+  bool create = true;          // create if missing (else attach only)
+  uint64_t size = 128ull << 20;
+  uint64_t max_keys = 128;
+  uint32_t stripes = 0;        // 0 = default_stripes(max_keys)
+  uint32_t mode = 0600;
+  double attach_timeout_s = 5.0;  // how long to wait for a creator to finish
+};
+
+// A key prepared for lookup: its UTF-8 bytes and its hash in this segment.
+struct KeyRef {
+  const char* data;
+  uint32_t len;
+  uint64_t hash;
+};
+
+// Writes one value into its record.  max_bytes() bounds what write() may
+// produce; write() gets the destination and its offset in the segment (for
+// alignment) and returns the byte count it wrote.  Called with the stripe
+// lock held: it must not block on anything another process could hold.
+class ValueSource {
+ public:
+  virtual ~ValueSource() = default;
+  virtual uint64_t max_bytes() const = 0;
+  virtual uint64_t write(uint8_t* dst, uint64_t dst_segment_offset) = 0;
+};
+
+// Receives a copy of one value.  take() may be handed bytes that are being
+// freed under it (lock-free reads); the engine validates afterwards and, if
+// the copy is stale, calls reset() and tries again.  So take() must only copy,
+// must bounds-check what it parses, and may throw on garbage.  under_lock is
+// true when the stripe lock is held (then the copy is stable, and take() must
+// not wait for anything, e.g. Python's GIL).
+class ValueSink {
+ public:
+  virtual ~ValueSink() = default;
+  virtual void take(const uint8_t* value, uint64_t len, uint64_t segment_offset,
+                    bool under_lock) = 0;
+  virtual void reset() = 0;
+};
+
+enum class PutMode { Always, IfAbsent };
+
+struct Stats {
+  uint64_t segment_bytes, heap_bytes, used_bytes, free_bytes;
+  uint64_t max_keys, entries, stripes, recoveries;
+  uint64_t key_bytes, value_bytes, record_bytes, table_bytes;
+  uint64_t largest_free_bytes;  // biggest block that could be allocated now
+};
+
+uint32_t default_stripes(uint64_t max_keys);
+// Heap bytes (records + index tables) in a new segment of `size` bytes with
+// `stripes` stripes; 0 if that size is too small.
+uint64_t heap_bytes_for(uint64_t size, uint32_t stripes);
+
+class Dict {
+ public:
+  // Creates (if allowed) or attaches.  *created says which happened.
+  static std::unique_ptr<Dict> open(const OpenOptions& opts, bool* created = nullptr);
+  // Removes the name; mappings stay valid until closed.
+  static void unlink(const std::string& name);
+  static void validate_name(const std::string& name);
+
+  ~Dict();
+  Dict(const Dict&) = delete;
+  Dict& operator=(const Dict&) = delete;
+
+  KeyRef key(const char* data, size_t len) const;
+
+  bool get(const KeyRef& k, ValueSink& sink);
+  bool contains(const KeyRef& k);
+  // Returns true if the value was stored (false only for IfAbsent on a present key).
+  bool put(const KeyRef& k, ValueSource& src, PutMode mode = PutMode::Always);
+  // Removes the key; if old_value is given it receives the removed value
+  // (under the lock, before removal).  Returns false if the key was absent.
+  bool erase(const KeyRef& k, ValueSink* old_value = nullptr);
+
+  uint64_t size() const;
+  // All keys.  atomic=true: every stripe locked at once (a snapshot).
+  // atomic=false: one stripe at a time (weakly consistent, each key whole).
+  std::vector<std::string> keys(bool atomic);
+  Stats stats();
+  // Checks every invariant under all locks; returns the violations (empty = OK).
+  std::vector<std::string> check_integrity();
+
+  const std::string& name() const { return name_; }
+  uint64_t segment_bytes() const { return size_; }
+  uint64_t max_keys() const { return hdr_->h_max_keys; }
+  uint32_t stripe_count() const { return nstripes_; }
+  uint32_t creator_pid() const { return hdr_->h_creator_pid; }
+  uint32_t mode() const { return hdr_->h_mode; }
+
+ private:
+  Dict(std::string name, uint8_t* base, uint64_t size);
+  friend class StripeLock;
+  friend class AllocLock;
+
+  struct Probe {
+    bool found = false;
+    uint64_t idx = 0;        // slot of the key if found
+    uint64_t ctl = 0;
+    bool has_free = false;   // first tombstone/empty slot on the probe path
+    uint64_t free_idx = 0;
+    bool free_is_tomb = false;
+  };
+
+  Stripe& stripe(uint32_t i) const;
+  uint32_t stripe_of(uint64_t hash) const { return uint32_t(hash >> 40) & (nstripes_ - 1); }
+  Slot* table_slots(uint64_t ref) const;  // nullptr if ref is out of bounds
+  const RecordHeader* record(uint64_t off, uint64_t* klen, uint64_t* vlen) const;
+  bool record_matches(uint64_t off, const KeyRef& k) const;
+  uint64_t off_of(const void* p) const { return uint64_t(static_cast<const uint8_t*>(p) - base_); }
+
+  void lock_stripe(uint32_t i);
+  void unlock_stripe(uint32_t i);
+  void recover_stripe(uint32_t i);
+  void lock_alloc();
+  void unlock_alloc();
+  void recover_alloc();
+
+  Probe find_locked(const Stripe& s, const KeyRef& k) const;
+  void resize_locked(uint32_t si, uint64_t want_keys);
+  bool reserve_key();
+  void recount();
+
+  uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target);
+  void free_block(std::atomic<uint64_t>* target, uint64_t units);
+  uint64_t find_run(uint64_t units) const;
+  void mark_units(uint64_t first, uint64_t n, bool used);
+  uint64_t count_used_units() const;
+  uint64_t largest_free_run() const;
+
+  std::string name_;
+  uint8_t* base_;
+  uint64_t size_;
+  SegmentHeader* hdr_;
+  uint32_t nstripes_;
+  uint64_t heap_off_, heap_units_, bitmap_words_;
+  uint64_t* bitmap_;
+};
+
+}  // namespace sbx

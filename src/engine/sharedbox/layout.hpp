@@ -1,0 +1,216 @@
+// layout.hpp — every structure that lives in a sharedbox segment.
+//
+// A segment is one named POSIX shared-memory object, mapped by each process at
+// its own address; everything inside refers to everything else by byte offset
+// from the start of the segment, never by pointer.
+//
+//   offset 0              SegmentHeader            (one page)
+//   h_stripe_off          Stripe[h_stripes]        (256 bytes each)
+//   h_bitmap_off          allocation bitmap        (1 bit per 64-byte unit of heap)
+//   h_heap_off            heap: records and stripe tables, in 64-byte units
+//
+// Locking table (who may write what).  "stripe lock" is Stripe::s_mutex of the
+// stripe that owns the key (hash bits pick the stripe); "alloc lock" is
+// AllocState::a_mutex.  Lock order: stripes in ascending index, then alloc.
+//
+//   field                         written by                    read by
+//   ---------------------------   ---------------------------   ---------------------------
+//   SegmentHeader identity        creator, before h_ready       everyone, after h_ready
+//   h_reserved_keys               any writer, atomic RMW        writers (max_keys check)
+//   h_recount_needed              recovery; recount (all locks) writers on TooManyKeys
+//   AllocState, bitmap            alloc-lock holder             alloc-lock holder
+//   Stripe::s_count, s_tombs      stripe-lock holder            len() (relaxed), holder
+//   Stripe::s_table_gen/_ref      stripe-lock holder (resize)   lock-free readers
+//   Stripe::s_journal             stripe-lock holder            recovery (stripe lock)
+//   table slots                   stripe-lock holder            lock-free readers
+//   Record                        allocating writer, before     lock-free readers, who
+//                                 publication; then immutable   validate every read
+//                                 until freed
+//
+// Why lock-free reads are safe: a record is never modified after it is
+// published; an overwrite writes a new record and publishes it with one atomic
+// store to the slot, and only then frees the old one.  A reader therefore copies
+// the record it found and afterwards re-checks (a) the slot still holds the same
+// control word, (b) the record still carries the stamp it had, and (c) the
+// stripe's table generation is unchanged.  Freed memory stays mapped, so a
+// stale read is at worst garbage, which the re-check rejects (seqlock style);
+// every offset and length is bounds-checked before it is followed.
+//
+// Why a crash is safe: each mutation is described in the owning lock's journal
+// before it starts, and publishes with a single atomic store.  The next process
+// to take a robust mutex whose owner died (EOWNERDEAD) replays the journal:
+// roll forward if the store happened, roll back otherwise.  docs/design.md has
+// the state-by-state table.
+#pragma once
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace sbx {
+
+// "SHRDBOX" + layout generation, little-endian.  A segment whose first eight
+// bytes differ is foreign and is never read further.
+constexpr uint64_t kMagic = 0x0158'4F42'4452'4853ULL;
+constexpr uint32_t kLayoutVersion = 1;
+// h_ready holds this value once the creator has finished initialising.
+constexpr uint32_t kReadyMark = 0x5245'4459u;  // "READY"
+
+constexpr uint64_t kUnit = 64;        // allocation granule and record alignment
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kCacheLine = 64;
+
+constexpr uint32_t kMaxStripes = 4096;
+constexpr uint64_t kMaxKeysLimit = uint64_t(1) << 31;
+constexpr uint64_t kMaxSegmentBytes = uint64_t(1) << 44;  // 16 TiB
+constexpr uint32_t kMinTableLog2 = 4;                    // 16 slots
+
+static_assert(std::atomic<uint64_t>::is_always_lock_free,
+              "shared-memory atomics must be address-free");
+static_assert(std::atomic<uint32_t>::is_always_lock_free,
+              "shared-memory atomics must be address-free");
+
+// ---------------------------------------------------------------------------
+// AllocState: the heap allocator.  Free space is a bitmap, one bit per unit,
+// because a bitmap is a pure function of the live blocks: after any crash it
+// can be checked or rebuilt from the index alone.
+//
+// Protected by a_mutex (robust).  Every allocation or free is journaled in
+// a_op/a_off/a_units/a_target before the bitmap changes; a_target is the
+// offset of the 8-byte field (inside a stripe journal) that receives the
+// block on ALLOC or gives it up on FREE, so the hand-over between allocator
+// and stripe happens inside the allocator's critical section and is replayed
+// with it.  Both replays are idempotent (set or clear the same bits).
+struct AllocState {
+  pthread_mutex_t a_mutex;
+  std::atomic<uint32_t> a_op;       // AllocOp
+  uint32_t a_pad;
+  std::atomic<uint64_t> a_off;      // byte offset of the block being handed over
+  std::atomic<uint64_t> a_units;    // its size in units
+  std::atomic<uint64_t> a_target;   // byte offset of the journal field involved
+  std::atomic<uint64_t> a_used_units;  // units allocated; readers: stats (relaxed)
+  std::atomic<uint64_t> a_hint_word;   // no free bit below this bitmap word
+};
+
+enum AllocOp : uint32_t { kAllocNone = 0, kAllocAlloc = 1, kAllocFree = 2 };
+
+// ---------------------------------------------------------------------------
+// SegmentHeader: page 0.  The identity block is written once by the creator
+// before it stores kReadyMark into h_ready (release); attachers wait for the
+// mark (acquire) and then only read it, so no lock is needed.
+struct SegmentHeader {
+  uint64_t h_magic;
+  uint32_t h_version;
+  uint32_t h_header_bytes;          // sizeof(SegmentHeader) of the creator
+  std::atomic<uint32_t> h_ready;    // kReadyMark once initialised
+  uint32_t h_creator_pid;
+  uint64_t h_created_unix_ns;
+  uint64_t h_segment_bytes;         // == size of the shm object
+  uint64_t h_max_keys;
+  uint32_t h_stripes;               // power of two
+  uint32_t h_mode;                  // permission bits given at creation
+  uint64_t h_stripe_off;
+  uint64_t h_bitmap_off;
+  uint64_t h_heap_off;
+  uint64_t h_heap_units;
+  uint64_t h_hash_seed;             // per-segment: key hashes differ between segments
+
+  // Keys counted against max_keys.  Incremented (CAS, bounded by h_max_keys)
+  // before a new key is published, decremented after a key is removed, so a
+  // crash can only leave it too high; recovery then sets h_recount_needed and
+  // the next writer refused for lack of keys recounts under all stripe locks.
+  alignas(kCacheLine) std::atomic<uint64_t> h_reserved_keys;
+  std::atomic<uint32_t> h_recount_needed;
+  std::atomic<uint32_t> h_recoveries;  // number of dead-owner repairs, for stats
+
+  alignas(kCacheLine) AllocState h_alloc;
+};
+
+// ---------------------------------------------------------------------------
+// Journal of the stripe's current mutation (protected by the stripe lock).
+// j_op is stored last when an operation starts and reset last when it ends;
+// the other fields are only meaningful while j_op != kOpNone.
+struct Journal {
+  std::atomic<uint32_t> j_op;       // StripeOp
+  std::atomic<uint32_t> j_insert;   // PUT: the key was absent (a new slot)
+  std::atomic<uint32_t> j_was_tomb; // PUT insert: the chosen slot held a tombstone
+  std::atomic<uint32_t> j_reserved; // PUT insert: h_reserved_keys was taken
+  std::atomic<uint64_t> j_slot;     // slot index in j_table
+  std::atomic<uint64_t> j_table;    // s_table_ref when the operation began
+  std::atomic<uint64_t> j_new;      // block allocated by this op (0 = none)
+  std::atomic<uint64_t> j_new_units;
+  std::atomic<uint64_t> j_old;      // block to free once published (0 = none)
+  std::atomic<uint64_t> j_old_units;
+  std::atomic<uint64_t> j_count;    // s_count before the op
+  std::atomic<uint64_t> j_tombs;    // s_tombs before the op
+};
+
+enum StripeOp : uint32_t { kOpNone = 0, kOpPut = 1, kOpErase = 2, kOpResize = 3 };
+
+// ---------------------------------------------------------------------------
+// Stripe: one lock and one open-addressing hash table of the keys whose hash
+// selects it.  Four cache lines, so that lock traffic between writers
+// (line 0) never evicts the line lock-free readers poll (line 1).
+struct alignas(kCacheLine) Stripe {
+  // line 0 — writers only.
+  pthread_mutex_t s_mutex;              // robust, process-shared
+  std::atomic<uint64_t> s_count;        // live keys; len() sums these (relaxed)
+  std::atomic<uint64_t> s_tombs;        // tombstones in the current table
+
+  // line 1 — the reader line.  A seqlock: s_table_gen is odd while the table
+  // is being replaced.  s_table_ref = table offset | log2(capacity); 0 = no
+  // table yet.  Readers compare s_table_gen before and after a lookup.
+  alignas(kCacheLine) std::atomic<uint64_t> s_table_gen;
+  std::atomic<uint64_t> s_table_ref;
+
+  // lines 2-3 — journal and record stamps, writers and recovery only.
+  alignas(kCacheLine) Journal s_journal;
+  std::atomic<uint64_t> s_next_stamp;   // stamps are (counter << 16) | stripe index
+};
+
+static_assert(sizeof(Stripe) == 4 * kCacheLine, "Stripe must stay four cache lines");
+static_assert(sizeof(SegmentHeader) <= kPage, "header must fit its page");
+
+// ---------------------------------------------------------------------------
+// A table slot is one 64-bit control word, so that publication, overwrite and
+// deletion are each a single atomic store:
+//   bits 0-1   state: 0 empty, 1 tombstone, 2 full
+//   bits 2-23  22 bits of the key hash (filters probes without touching records)
+//   bits 24-63 record offset / 64
+// Written only by the stripe-lock holder; read lock-free.  Empty slots only
+// appear in a freshly built table, so a key present for a whole lookup is
+// always reached by probing from its home slot.
+using Slot = std::atomic<uint64_t>;
+
+enum SlotState : uint64_t { kSlotEmpty = 0, kSlotTomb = 1, kSlotFull = 2 };
+
+constexpr uint64_t slot_state(uint64_t c) { return c & 3u; }
+constexpr uint64_t slot_tag(uint64_t c) { return (c >> 2) & 0x3FFFFFu; }
+constexpr uint64_t slot_record(uint64_t c) { return (c >> 24) * kUnit; }
+constexpr uint64_t make_full_slot(uint64_t record_off, uint64_t tag) {
+  return ((record_off / kUnit) << 24) | ((tag & 0x3FFFFFu) << 2) | kSlotFull;
+}
+
+constexpr uint64_t table_offset(uint64_t ref) { return ref & ~uint64_t(63); }
+constexpr uint32_t table_log2(uint64_t ref) { return uint32_t(ref & 63); }
+constexpr uint64_t make_table_ref(uint64_t off, uint32_t log2cap) { return off | log2cap; }
+
+// ---------------------------------------------------------------------------
+// Record: one key and its value, in one block of whole units.  Written by the
+// writer that allocated it, before publication; immutable until freed.
+// r_stamp is unique for the life of the segment (per-stripe counter), so a
+// reader that sees the same slot word and the same stamp before and after its
+// copy knows the block was not freed and reused in between.
+struct RecordHeader {
+  std::atomic<uint64_t> r_stamp;
+  uint64_t r_hash;
+  uint64_t r_units;   // block size in units (what free() releases)
+  uint32_t r_klen;    // key bytes (UTF-8) that follow the header
+  uint32_t r_vpad;    // reserved, 0
+  uint64_t r_vlen;    // value bytes that follow the key
+};
+static_assert(sizeof(RecordHeader) == 40, "record header layout is part of the format");
+
+}  // namespace sbx

@@ -1,0 +1,42 @@
+"""sharedbox: a dict in named POSIX shared memory, shared by many processes.
+
+>>> from sharedbox import SharedDict
+>>> d = SharedDict("my_dict", size=64 * 1024 * 1024, max_keys=1000)
+>>> d["answer"] = 42
+
+Any process on the machine can then ``SharedDict("my_dict", create=False)``
+and read or write the same dict.  See the README and docs/ for the guarantees.
+"""
+
+from ._dict import DEFAULT_MAX_KEYS, DEFAULT_SIZE, SharedDict
+from .errors import (
+    CorruptSegmentError,
+    IncompatibleSegmentError,
+    InsufficientSharedMemoryError,
+    SegmentFullError,
+    SegmentNotFoundError,
+    SegmentNotReadyError,
+    SharedBoxError,
+    SharedDictClosedError,
+    TooManyKeysError,
+    ValueTooLargeError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SharedDict",
+    "DEFAULT_SIZE",
+    "DEFAULT_MAX_KEYS",
+    "SharedBoxError",
+    "SegmentNotFoundError",
+    "IncompatibleSegmentError",
+    "SegmentNotReadyError",
+    "SegmentFullError",
+    "ValueTooLargeError",
+    "TooManyKeysError",
+    "SharedDictClosedError",
+    "CorruptSegmentError",
+    "InsufficientSharedMemoryError",
+    "__version__",
+]

@@ -1,0 +1,68 @@
+"""The exceptions sharedbox raises, beyond the builtin ones the spec names.
+
+Every class derives from :class:`SharedBoxError` and from the builtin exception
+the API specification prescribes for its kind of failure, so ``except
+RuntimeError`` (segment and memory-management errors) and ``except ValueError``
+(bad arguments, values that cannot be serialised) keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SharedBoxError",
+    "SegmentNotFoundError",
+    "IncompatibleSegmentError",
+    "SegmentNotReadyError",
+    "SegmentFullError",
+    "ValueTooLargeError",
+    "TooManyKeysError",
+    "SharedDictClosedError",
+    "CorruptSegmentError",
+    "InsufficientSharedMemoryError",
+]
+
+
+class SharedBoxError(Exception):
+    """Base class of every sharedbox-specific exception."""
+
+
+class SegmentNotFoundError(SharedBoxError, FileNotFoundError):
+    """No segment has that name (``create=False``, ``unlink()`` twice)."""
+
+
+class IncompatibleSegmentError(SharedBoxError, RuntimeError):
+    """The named segment is not a sharedbox segment, or has a newer layout."""
+
+
+class SegmentNotReadyError(IncompatibleSegmentError):
+    """The segment's creator never finished initialising it (it died)."""
+
+
+class SegmentFullError(SharedBoxError, RuntimeError):
+    """No free block is large enough for the value; the dict is unchanged.
+
+    Delete keys, or create a larger SharedDict (see ``recommend_sizing()``).
+    """
+
+
+class ValueTooLargeError(SegmentFullError):
+    """The value is larger than the whole segment's heap: it can never fit."""
+
+
+class TooManyKeysError(SharedBoxError, RuntimeError):
+    """Inserting a new key would exceed ``max_keys``; the dict is unchanged.
+
+    Overwriting an existing key is always allowed; deleting makes room.
+    """
+
+
+class SharedDictClosedError(SharedBoxError, RuntimeError):
+    """The handle was closed; open a new ``SharedDict`` to use the segment."""
+
+
+class CorruptSegmentError(SharedBoxError, RuntimeError):
+    """Shared state failed a consistency check (memory overwritten by a foreign writer)."""
+
+
+class InsufficientSharedMemoryError(SharedBoxError, OSError):
+    """``/dev/shm`` has less free space than the requested segment size."""
