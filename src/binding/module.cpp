@@ -723,19 +723,22 @@ NB_MODULE(_core, m) {
              nb::object v = c.get(key.ptr(), &found);
              return found ? v : nb::borrow(dflt);
            },
-           "key"_a, "default"_a = nb::none(),
+           "key"_a.none(), "default"_a.none() = nb::none(),
            "Return the value for key if key is present, else default.")
       .def("_put_if_absent",
            [](Core& c, nb::handle key, nb::handle value) {
              return c.put(key.ptr(), value.ptr(), sbx::PutMode::IfAbsent);
-           })
+           },
+           "key"_a.none(), "value"_a.none())
       .def("_pop",
            [](Core& c, nb::handle key, nb::handle dflt) -> nb::object {
              nb::object v;
              if (c.erase(key.ptr(), true, &v)) return v;
              return nb::borrow(dflt);
-           })
-      .def("_discard", [](Core& c, nb::handle key) { return c.erase(key.ptr(), false, nullptr); })
+           },
+           "key"_a.none(), "default"_a.none())
+      .def("_discard", [](Core& c, nb::handle key) { return c.erase(key.ptr(), false, nullptr); },
+           "key"_a.none())
       .def("_keys", &Core::keys, "atomic"_a)
       .def("_stats", &Core::stats)
       .def("_check_integrity", &Core::check)

@@ -76,6 +76,37 @@ uint64_t Dict::find_run(uint64_t n) const {
   return UINT64_MAX;
 }
 
+// First fit from the top of the heap, for index tables: they are small and
+// long-lived, and keeping them apart from records stops them from splitting
+// the free space that records leave behind.
+uint64_t Dict::find_run_from_top(uint64_t n) const {
+  uint64_t run_end = 0, run_len = 0;
+  for (uint64_t w = bitmap_words_; w-- > 0;) {
+    uint64_t bits = bitmap_[w];
+    if (bits == 0) {
+      if (run_len == 0) run_end = (w + 1) * 64;
+      run_len += 64;
+      if (run_len >= n) return run_end - n;
+      continue;
+    }
+    if (bits == ~uint64_t(0)) {
+      run_len = 0;
+      continue;
+    }
+    uint64_t high_free = uint64_t(__builtin_clzll(bits));
+    if (run_len == 0) run_end = (w + 1) * 64;
+    if (run_len + high_free >= n) return run_end - n;
+    if (n < 64) {
+      uint64_t r = runs_of(~bits, n);
+      if (r) return w * 64 + 63 - uint64_t(__builtin_clzll(r));
+    }
+    uint64_t low_free = uint64_t(__builtin_ctzll(bits));
+    run_end = w * 64 + low_free;
+    run_len = low_free;
+  }
+  return UINT64_MAX;
+}
+
 void Dict::mark_units(uint64_t first, uint64_t n, bool used) {
   uint64_t end = first + n;
   while (first < end) {
@@ -112,12 +143,12 @@ uint64_t Dict::largest_free_run() const {
   return best;
 }
 
-// Allocates `units` and stores the block's offset into *target inside the
+// Allocates `units` (records from the bottom, index tables from the top) and stores the block's offset into *target inside the
 // critical section (see AllocState).  Returns 0 when no run is large enough.
-uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target) {
+uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top) {
   AllocLock lock(this);
   AllocState& a = hdr_->h_alloc;
-  uint64_t first = find_run(units);
+  uint64_t first = from_top ? find_run_from_top(units) : find_run(units);
   if (first == UINT64_MAX) return 0;
   uint64_t off = heap_off_ + first * kUnit;
   a.a_off.store(off, std::memory_order_relaxed);

@@ -276,7 +276,7 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
   j.j_tombs.store(s.s_tombs.load(std::memory_order_relaxed), std::memory_order_relaxed);
   j.j_op.store(kOpResize, std::memory_order_release);
 
-  uint64_t off = alloc(units, &j.j_new);
+  uint64_t off = alloc(units, &j.j_new, /*from_top=*/true);
   if (!off) {
     j.j_op.store(kOpNone, std::memory_order_release);
     throw Error(Errc::SegmentFull, "");

@@ -153,9 +153,10 @@ class Dict {
   bool reserve_key();
   void recount();
 
-  uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target);
+  uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top = false);
   void free_block(std::atomic<uint64_t>* target, uint64_t units);
   uint64_t find_run(uint64_t units) const;
+  uint64_t find_run_from_top(uint64_t units) const;
   void mark_units(uint64_t first, uint64_t n, bool used);
   uint64_t count_used_units() const;
   uint64_t largest_free_run() const;

@@ -1,0 +1,85 @@
+"""Module-level functions for child processes (spawn needs importable targets)."""
+
+import os
+import time
+
+from sharedbox import SharedDict
+
+
+def writer_disjoint(name, worker, count, barrier, results):
+    d = SharedDict(name, create=False)
+    barrier.wait()
+    for i in range(count):
+        d[f"w{worker}_{i}"] = (worker, i, "x" * (i % 50))
+    d.close()
+    results.put(("done", worker))
+
+
+def overwriter(name, worker, rounds, barrier):
+    d = SharedDict(name, create=False)
+    barrier.wait()
+    for i in range(rounds):
+        # Every value is self-consistent: a block of one repeated byte plus
+        # a header that names it.  A torn read would mix two writers' bytes.
+        size = 1000 + (i * 7919 + worker * 104729) % 60000
+        fill = (worker * 31 + i) % 251
+        d["hot"] = (worker, i, bytes([fill]) * size)
+    d.close()
+
+
+def reader_checker(name, duration, barrier, results):
+    d = SharedDict(name, create=False)
+    barrier.wait()
+    deadline = time.monotonic() + duration
+    reads = torn = 0
+    while time.monotonic() < deadline:
+        worker, i, block = d["hot"]
+        reads += 1
+        size = 1000 + (i * 7919 + worker * 104729) % 60000
+        fill = (worker * 31 + i) % 251
+        if len(block) != size or block.count(bytes([fill])) != size:
+            torn += 1
+    d.close()
+    results.put((reads, torn))
+
+
+def consumer(name, results):
+    import numpy as np  # noqa: F401  (the value holds an ndarray)
+
+    d = SharedDict(name, create=False)
+    results.put((d["timestamp"], d["readings"].sum(), d["metadata"]))
+    d.close()
+
+
+def counter_worker(name, worker, count, barrier):
+    d = SharedDict(name, create=False)
+    barrier.wait()
+    for i in range(count):
+        d[f"k{worker}"] = i
+        assert d[f"k{worker}"] == i
+    d.close()
+
+
+def big_writer_forever(name, ready):
+    """Overwrites one key with large values until killed (SIGKILL lands mid-copy)."""
+    d = SharedDict(name, create=False)
+    payload = [bytes([i]) * (4 << 20) for i in range(4)]
+    ready.set()
+    i = 0
+    while True:
+        d["big"] = payload[i % 4]
+        d[f"small{i % 100}"] = i
+        i += 1
+
+
+def attach_and_report(name, results):
+    try:
+        d = SharedDict(name, create=False)
+        results.put(("ok", dict(d.items())))
+        d.close()
+    except Exception as exc:  # reported to the parent
+        results.put(("error", type(exc).__name__, str(exc)))
+
+
+def pid():
+    return os.getpid()

@@ -1,0 +1,191 @@
+"""Values round-trip with their exact type; bad values are clear errors."""
+
+import enum
+import fractions
+import pickle
+import subprocess
+import sys
+import textwrap
+from collections import OrderedDict, defaultdict, namedtuple
+from decimal import Decimal
+
+import pytest
+
+from sharedbox import SharedDict
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Flag(enum.Enum):
+    ON = "on"
+
+
+class MyStr(str):
+    pass
+
+
+class MyInt(int):
+    pass
+
+
+Point = namedtuple("Point", "x y")
+
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**63,
+    -(2**63) - 1,
+    10**100,
+    -(10**100),
+    0.0,
+    -0.0,
+    1.5,
+    float("inf"),
+    float("-inf"),
+    1e-300,
+    complex(1, -2),
+    "",
+    "text",
+    "ünïcödé 🎉",
+    "nul\0char",
+    "lone \ud800 surrogate in a value",
+    b"",
+    b"\x00\xff" * 100,
+    bytearray(b"mutable"),
+    (),
+    (1, "a", None),
+    [],
+    [1, [2, [3]]],
+    {},
+    {"a": {"b": [1, 2]}, 1: "int key in a value"},
+    set(),
+    {1, 2, 3},
+    frozenset({"x"}),
+    Colour.RED,
+    Flag.ON,
+    MyStr("sub"),
+    MyInt(5),
+    Point(1, 2),
+    OrderedDict(a=1),
+    Decimal("1.10"),
+    fractions.Fraction(1, 3),
+    range(5),
+    "x" * 1_000_000,
+    b"y" * 3_000_000,
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__ + ":" + repr(v)[:20])
+def test_roundtrip_exact_type_and_value(sd, value):
+    sd["v"] = value
+    got = sd["v"]
+    assert type(got) is type(value)
+    if isinstance(value, float) and value != value:
+        assert got != got
+    else:
+        assert got == value
+    if isinstance(value, float):
+        assert repr(got) == repr(value)  # -0.0 stays -0.0
+
+
+def test_nan_roundtrip(sd):
+    sd["nan"] = float("nan")
+    assert sd["nan"] != sd["nan"]
+
+
+def test_bool_is_not_int(sd):
+    sd["t"] = True
+    sd["one"] = 1
+    assert sd["t"] is True and type(sd["one"]) is int
+
+
+def test_values_are_copies(sd):
+    value = [1, 2]
+    sd["l"] = value
+    value.append(3)
+    got = sd["l"]
+    assert got == [1, 2]
+    got.append(9)
+    assert sd["l"] == [1, 2]
+
+
+def test_defaultdict_roundtrip(sd):
+    dd = defaultdict(list, {"a": [1]})
+    sd["dd"] = dd
+    got = sd["dd"]
+    assert type(got) is defaultdict and got == dd and got.default_factory is list
+
+
+def test_unpicklable_value_is_value_error_and_nothing_stored(sd):
+    import threading
+
+    sd["k"] = "before"
+    with pytest.raises(ValueError, match="cannot be pickled") as info:
+        sd["k"] = threading.Lock()
+    assert info.value.__cause__ is not None
+    assert sd["k"] == "before"
+    with pytest.raises(ValueError):
+        sd["new"] = lambda: 1
+    assert "new" not in sd and len(sd) == 1
+
+
+def test_value_unreadable_in_another_process_is_value_error(name):
+    # A child defines a class, stores an instance and exits; this process has
+    # no such class, so reading the value must raise ValueError.
+    code = textwrap.dedent(
+        f"""
+        from sharedbox import SharedDict
+        class OnlyInChild:
+            pass
+        import __main__
+        d = SharedDict({name!r}, size=1 << 20)
+        d["obj"] = OnlyInChild()
+        d["fine"] = 1
+        d.close()
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    d = SharedDict(name, create=False)
+    with pytest.raises(ValueError, match="unpickling failed") as info:
+        d["obj"]
+    assert info.value.__cause__ is not None
+    with pytest.raises(ValueError):
+        d.get("obj", "default")
+    assert d["fine"] == 1
+    d.close()
+
+
+def test_pickle_errors_in_reduce_are_value_errors(sd):
+    class Bad:
+        def __reduce__(self):
+            raise RuntimeError("no")
+
+    with pytest.raises(ValueError) as info:
+        sd["bad"] = Bad()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert "bad" not in sd
+
+
+def test_stored_pickle_is_protocol_5(sd):
+    value = (1, 2, "a marker string for the raw search")
+    sd["t"] = value
+    with open(f"/dev/shm/{sd.name}", "rb") as f:
+        raw = f.read()
+    assert pickle.dumps(value, protocol=5) in raw
+    assert pickle.dumps(value, protocol=4) not in raw
+
+
+def test_native_types_are_not_pickled(sd):
+    sd["s"] = "plain text marker 12345"
+    sd["b"] = b"raw bytes marker 67890"
+    with open(f"/dev/shm/{sd.name}", "rb") as f:
+        raw = f.read()
+    assert b"plain text marker 12345" in raw and b"raw bytes marker 67890" in raw
+    assert pickle.dumps("plain text marker 12345", protocol=5) not in raw
