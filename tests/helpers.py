@@ -83,3 +83,14 @@ def attach_and_report(name, results):
 
 def pid():
     return os.getpid()
+
+
+def sliding_window(name, count, window, barrier):
+    """Inserts k0, k1, ... in order, deleting from the front to keep `window` keys."""
+    d = SharedDict(name, create=False)
+    barrier.wait()
+    for i in range(count):
+        d[f"k{i}"] = i
+        if i >= window:
+            del d[f"k{i - window}"]
+    d.close()

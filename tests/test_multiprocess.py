@@ -130,3 +130,24 @@ def test_a_killed_writer_does_not_deadlock_others(name):
         assert d._check_integrity() == []
         assert len(d) == len(d.keys_atomic())
     d.close()
+
+
+def test_keys_atomic_is_a_point_in_time_snapshot(name):
+    """One process inserts k0, k1, ... and deletes from the front; every
+    keys_atomic() taken meanwhile must be one contiguous range."""
+    ctx = mp.get_context("spawn")
+    d = SharedDict(name, size=8 << 20, max_keys=200, stripes=16)
+    barrier = ctx.Barrier(2)
+    p = ctx.Process(target=helpers.sliding_window, args=(name, 20_000, 50, barrier))
+    p.start()
+    barrier.wait()
+    snapshots = 0
+    while p.is_alive():
+        ids = sorted(int(k[1:]) for k in d.keys_atomic())
+        if ids:
+            assert ids == list(range(ids[0], ids[0] + len(ids))), ids
+            assert len(ids) in (50, 51) or ids[0] == 0
+            snapshots += 1
+    join_all([p])
+    assert snapshots > 10
+    d.close()

@@ -119,22 +119,35 @@ bool Dict::get(const KeyRef& k, ValueSink& sink) {
       uint64_t state = slot_state(c);
       if (state == kSlotEmpty) break;
       if (state != kSlotFull || slot_tag(c) != tag) continue;
+      // Read order matters: the stamp first (acquire), then every header
+      // field, so that the final re-check of the stamp covers them all.  An
+      // odd stamp is a record still being built (possibly at the offset of
+      // the one this slot word named earlier): retry.
       uint64_t roff = slot_record(c);
-      uint64_t kl, vl;
-      const RecordHeader* r = record(roff, &kl, &vl);
-      if (!r) {
+      if (roff < heap_off_ || roff > size_ || size_ - roff < kHeaderBytes) {
         retry = true;
         break;
       }
+      auto* r = reinterpret_cast<const RecordHeader*>(base_ + roff);
       uint64_t stamp = r->r_stamp.load(std::memory_order_acquire);
-      if (!record_matches(roff, k)) continue;
-      uint64_t voff = roff + kHeaderBytes + kl;
       auto still_valid = [&] {
         std::atomic_thread_fence(std::memory_order_acquire);
         return slots[pos].load(std::memory_order_relaxed) == c &&
                r->r_stamp.load(std::memory_order_relaxed) == stamp &&
                s.s_table_gen.load(std::memory_order_relaxed) == gen;
       };
+      uint64_t kl, vl;
+      if ((stamp & kStampBuilding) || !record(roff, &kl, &vl)) {
+        retry = true;
+        break;
+      }
+      if (!record_matches(roff, k)) {
+        // Only a mismatch read from a stable record means "another key".
+        if (still_valid()) continue;
+        retry = true;
+        break;
+      }
+      uint64_t voff = roff + kHeaderBytes + kl;
       try {
         sink.take(base_ + voff, vl, voff, false);
       } catch (...) {
@@ -252,6 +265,30 @@ void Dict::recount() {
   while (locked) unlock_stripe(--locked);
 }
 
+// Zeroes a freshly allocated block and rehashes the full slots of old_ref
+// into it (stripe lock held).  Like write_record, it may overwrite memory a
+// lock-free reader is still copying; readers re-check s_table_gen.
+__attribute__((noinline)) void Dict::build_table(uint64_t off, uint64_t units, uint64_t old_ref,
+                                                 uint32_t lg) {
+  std::atomic_thread_fence(std::memory_order_release);
+  std::memset(base_ + off, 0, units * kUnit);
+  uint64_t cap = uint64_t(1) << lg;
+  Slot* fresh = reinterpret_cast<Slot*>(base_ + off);
+  if (!old_ref) return;
+  Slot* old = table_slots(old_ref);
+  uint64_t old_cap = uint64_t(1) << table_log2(old_ref);
+  for (uint64_t i = 0; i < old_cap; ++i) {
+    uint64_t c = old[i].load(std::memory_order_relaxed);
+    if (slot_state(c) != kSlotFull) continue;
+    uint64_t kl, vl;
+    const RecordHeader* r = record(slot_record(c), &kl, &vl);
+    if (!r) throw Error(Errc::Corrupt, "record out of bounds during resize");
+    uint64_t pos = r->r_hash & (cap - 1);
+    while (fresh[pos].load(std::memory_order_relaxed) != kSlotEmpty) pos = (pos + 1) & (cap - 1);
+    fresh[pos].store(c, std::memory_order_relaxed);
+  }
+}
+
 // Replaces stripe si's table by a fresh one sized for want_keys live keys,
 // dropping tombstones.  Journaled as kOpResize; published by one store of
 // s_table_ref inside an odd s_table_gen.
@@ -281,22 +318,12 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
     j.j_op.store(kOpNone, std::memory_order_release);
     throw Error(Errc::SegmentFull, "");
   }
-  std::atomic_thread_fence(std::memory_order_release);
-  std::memset(base_ + off, 0, units * kUnit);
-  Slot* fresh = reinterpret_cast<Slot*>(base_ + off);
-  if (old_ref) {
-    Slot* old = table_slots(old_ref);
-    uint64_t old_cap = uint64_t(1) << table_log2(old_ref);
-    for (uint64_t i = 0; i < old_cap; ++i) {
-      uint64_t c = old[i].load(std::memory_order_relaxed);
-      if (slot_state(c) != kSlotFull) continue;
-      uint64_t kl, vl;
-      const RecordHeader* r = record(slot_record(c), &kl, &vl);
-      if (!r) throw Error(Errc::Corrupt, "record out of bounds during resize");
-      uint64_t pos = r->r_hash & (cap - 1);
-      while (fresh[pos].load(std::memory_order_relaxed) != kSlotEmpty) pos = (pos + 1) & (cap - 1);
-      fresh[pos].store(c, std::memory_order_relaxed);
-    }
+  try {
+    build_table(off, units, old_ref, lg);
+  } catch (...) {
+    free_block(&j.j_new, units);
+    j.j_op.store(kOpNone, std::memory_order_release);
+    throw;
   }
   uint64_t gen = s.s_table_gen.load(std::memory_order_relaxed);
   s.s_table_gen.store(gen + 1, std::memory_order_relaxed);
@@ -306,6 +333,30 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
   s.s_tombs.store(0, std::memory_order_relaxed);
   free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
   j.j_op.store(kOpNone, std::memory_order_release);
+}
+
+// Fills a freshly allocated block with a record (stripe lock held).  Lock-free
+// readers may still be copying what the block held before it was freed; the
+// odd stamp and the release fence make them discard those copies, and the
+// final even stamp (release) tells them the record is complete.  Kept out of
+// line so that ThreadSanitizer can name exactly these intended races
+// (tests/engine/tsan.supp).
+__attribute__((noinline)) void Dict::write_record(uint64_t off, uint64_t units, uint64_t stamp,
+                                                  const KeyRef& k, ValueSource& src,
+                                                  uint64_t vmax) {
+  auto* r = reinterpret_cast<RecordHeader*>(base_ + off);
+  r->r_stamp.store(stamp | kStampBuilding, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  r->r_hash = k.hash;
+  r->r_units = units;
+  r->r_klen = k.len;
+  r->r_vpad = 0;
+  std::memcpy(base_ + off + kHeaderBytes, k.data, k.len);
+  uint64_t voff = off + kHeaderBytes + k.len;
+  uint64_t vlen = src.write(base_ + voff, voff);
+  if (vlen > vmax) throw Error(Errc::Corrupt, "value writer overran its declared size");
+  r->r_vlen = vlen;
+  r->r_stamp.store(stamp, std::memory_order_release);
 }
 
 bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
@@ -401,31 +452,15 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
                       std::to_string(units * kUnit) + " bytes for this value; delete keys or "
                       "create a larger SharedDict (see recommend_sizing())");
     }
-    auto* r = reinterpret_cast<RecordHeader*>(base_ + off);
-    uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 16) | si;
-    r->r_stamp.store(stamp, std::memory_order_relaxed);
-    // Seqlock writer: a reader that copies any byte written below and then
-    // re-reads r_stamp or the slot sees this stamp (or a later store).
-    std::atomic_thread_fence(std::memory_order_release);
-    r->r_hash = k.hash;
-    r->r_units = units;
-    r->r_klen = k.len;
-    r->r_vpad = 0;
-    std::memcpy(base_ + off + kHeaderBytes, k.data, k.len);
-    uint64_t voff = off + kHeaderBytes + k.len;
-    uint64_t vlen;
+    uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 17) |
+                     (uint64_t(si) << 1);
     try {
-      vlen = src.write(base_ + voff, voff);
+      write_record(off, units, stamp, k, src, vmax);
     } catch (...) {
       roll_back();
       throw;
     }
-    if (vlen > vmax) {
-      roll_back();
-      throw Error(Errc::Corrupt, "value writer overran its declared size");
-    }
-    r->r_vlen = vlen;
-    // Publish: one store makes the whole record visible.
+    // Publish: one store makes the complete record visible.
     slots[slot_idx].store(make_full_slot(off, tag_of(k.hash)), std::memory_order_release);
     if (!p.found) {
       s.s_count.store(count + 1, std::memory_order_relaxed);

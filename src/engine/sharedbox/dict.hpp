@@ -150,6 +150,9 @@ class Dict {
 
   Probe find_locked(const Stripe& s, const KeyRef& k) const;
   void resize_locked(uint32_t si, uint64_t want_keys);
+  void build_table(uint64_t off, uint64_t units, uint64_t old_ref, uint32_t lg);
+  void write_record(uint64_t off, uint64_t units, uint64_t stamp, const KeyRef& k,
+                    ValueSource& src, uint64_t vmax);
   bool reserve_key();
   void recount();
 

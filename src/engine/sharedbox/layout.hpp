@@ -200,9 +200,12 @@ constexpr uint64_t make_table_ref(uint64_t off, uint32_t log2cap) { return off |
 // ---------------------------------------------------------------------------
 // Record: one key and its value, in one block of whole units.  Written by the
 // writer that allocated it, before publication; immutable until freed.
-// r_stamp is unique for the life of the segment (per-stripe counter), so a
-// reader that sees the same slot word and the same stamp before and after its
-// copy knows the block was not freed and reused in between.
+// r_stamp = (per-stripe counter << 17) | (stripe << 1) | building: unique for
+// the life of the segment.  The writer stores it odd (building) before any
+// other field and even (complete, release) after the last, then publishes the
+// slot.  A reader loads the stamp before any other field, refuses an odd one,
+// and re-checks slot word and stamp after its copy: if both are unchanged the
+// block was complete and was not freed and reused in between.
 struct RecordHeader {
   std::atomic<uint64_t> r_stamp;
   uint64_t r_hash;
@@ -211,6 +214,7 @@ struct RecordHeader {
   uint32_t r_vpad;    // reserved, 0
   uint64_t r_vlen;    // value bytes that follow the key
 };
+constexpr uint64_t kStampBuilding = 1;
 static_assert(sizeof(RecordHeader) == 40, "record header layout is part of the format");
 
 }  // namespace sbx

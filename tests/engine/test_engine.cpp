@@ -1,0 +1,794 @@
+// test_engine.cpp — standalone tests of the C++ engine (sbx::Dict), no Python.
+//
+// Built by CMake when SHAREDBOX_BUILD_TESTS=ON (target sharedbox_engine_tests)
+// and driven by tests/test_engine_cpp.py.  No test framework: each test case is
+// a function, CHECK records a failure (file:line) and lets the case go on, so
+// one run reports every broken expectation rather than the first.
+//
+//   sharedbox_engine_tests                 run every case
+//   sharedbox_engine_tests threads         run only the named case(s)
+//   sharedbox_engine_tests --list          print the case names
+//   sharedbox_engine_tests --iterations=N  per-thread loop count of the
+//                                          threads case (default 5000)
+//
+// The last line printed is always "N passed, M failed" (N and M count cases);
+// the exit status is non-zero if any case failed.
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sharedbox/dict.hpp"
+#include "sharedbox/errors.hpp"
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Failure recording.  The multi-threaded case calls CHECK from several
+// threads, so the counter is atomic and printing is serialised.
+
+std::atomic<int> g_case_failures{0};
+std::mutex g_print_mutex;
+
+void record_failure(const char* file, int line, const std::string& what) {
+  g_case_failures.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(g_print_mutex);
+  std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", file, line, what.c_str());
+}
+
+const char* errc_name(sbx::Errc c) {
+  switch (c) {
+    case sbx::Errc::InvalidArgument: return "InvalidArgument";
+    case sbx::Errc::NotFound: return "NotFound";
+    case sbx::Errc::PermissionDenied: return "PermissionDenied";
+    case sbx::Errc::NoSpaceOnDevice: return "NoSpaceOnDevice";
+    case sbx::Errc::Incompatible: return "Incompatible";
+    case sbx::Errc::NotReady: return "NotReady";
+    case sbx::Errc::SegmentFull: return "SegmentFull";
+    case sbx::Errc::ValueTooLarge: return "ValueTooLarge";
+    case sbx::Errc::TooManyKeys: return "TooManyKeys";
+    case sbx::Errc::Corrupt: return "Corrupt";
+    case sbx::Errc::System: return "System";
+  }
+  return "?";
+}
+
+#define CHECK(cond)                                         \
+  do {                                                      \
+    if (!(cond)) record_failure(__FILE__, __LINE__, #cond); \
+  } while (0)
+
+// CHECK_EQ prints both sides: a count that is off by one says more than "false".
+#define CHECK_EQ(a, b)                                                              \
+  do {                                                                              \
+    auto va_ = (a);                                                                 \
+    auto vb_ = (b);                                                                 \
+    if (!(va_ == vb_))                                                              \
+      record_failure(__FILE__, __LINE__,                                            \
+                     std::string(#a " == " #b " (") + std::to_string(va_) + " vs " + \
+                         std::to_string(vb_) + ")");                                \
+  } while (0)
+
+// Expects `expr` to throw sbx::Error with code `errc`.
+#define CHECK_THROWS(errc, expr)                                                      \
+  do {                                                                                \
+    bool thrown_ = false;                                                             \
+    try {                                                                             \
+      (void)(expr);                                                                   \
+    } catch (const sbx::Error& e_) {                                                  \
+      thrown_ = true;                                                                 \
+      if (e_.code() != (errc))                                                        \
+        record_failure(__FILE__, __LINE__,                                            \
+                       std::string(#expr " threw ") + errc_name(e_.code()) +          \
+                           ", expected " + errc_name(errc) + ": " + e_.what());       \
+    } catch (const std::exception& e_) {                                              \
+      thrown_ = true;                                                                 \
+      record_failure(__FILE__, __LINE__,                                              \
+                     std::string(#expr " threw a non-sbx exception: ") + e_.what());  \
+    }                                                                                 \
+    if (!thrown_)                                                                     \
+      record_failure(__FILE__, __LINE__,                                              \
+                     std::string(#expr " did not throw ") + errc_name(errc));         \
+  } while (0)
+
+// Integrity must hold after every scenario; print the violations if not.
+#define CHECK_INTEGRITY(dict)                                                     \
+  do {                                                                            \
+    std::vector<std::string> problems_ = (dict).check_integrity();                \
+    for (const std::string& p_ : problems_)                                       \
+      record_failure(__FILE__, __LINE__, "check_integrity(): " + p_);             \
+  } while (0)
+
+// ---------------------------------------------------------------------------
+// Values in and out.
+
+// Copies a string into the record.
+class StringSource : public sbx::ValueSource {
+ public:
+  explicit StringSource(const std::string& s) : s_(s) {}
+  uint64_t max_bytes() const override { return s_.size(); }
+  uint64_t write(uint8_t* dst, uint64_t) override {
+    if (!s_.empty()) std::memcpy(dst, s_.data(), s_.size());
+    return s_.size();
+  }
+
+ private:
+  const std::string& s_;
+};
+
+// Appends what the engine hands over.  Appending (rather than assigning) means
+// a missing reset() after a stale lock-free copy would show up as a doubled
+// value, so the tests also check the engine's retry protocol.
+class StringSink : public sbx::ValueSink {
+ public:
+  std::string out;
+  void take(const uint8_t* value, uint64_t len, uint64_t, bool) override {
+    out.append(reinterpret_cast<const char*>(value), len);
+  }
+  void reset() override { out.clear(); }
+};
+
+bool put(sbx::Dict& d, const std::string& key, const std::string& value,
+         sbx::PutMode mode = sbx::PutMode::Always) {
+  StringSource src(value);
+  return d.put(d.key(key.data(), key.size()), src, mode);
+}
+
+// Returns true and the value in *out if the key is present.
+bool get(sbx::Dict& d, const std::string& key, std::string* out) {
+  StringSink sink;
+  bool found = d.get(d.key(key.data(), key.size()), sink);
+  if (found && out) *out = std::move(sink.out);
+  return found;
+}
+
+bool contains(sbx::Dict& d, const std::string& key) {
+  return d.contains(d.key(key.data(), key.size()));
+}
+
+bool erase(sbx::Dict& d, const std::string& key, std::string* old_value = nullptr) {
+  StringSink sink;
+  bool erased = d.erase(d.key(key.data(), key.size()), old_value ? &sink : nullptr);
+  if (erased && old_value) *old_value = std::move(sink.out);
+  return erased;
+}
+
+// The value stored under `key`, or "<missing>" (for CHECK messages).
+std::string value_of(sbx::Dict& d, const std::string& key) {
+  std::string v;
+  return get(d, key, &v) ? v : std::string("<missing>");
+}
+
+// ---------------------------------------------------------------------------
+// Segments.  Names carry the pid (parallel runs never collide) and a counter
+// (each case gets fresh segments); the guard unlinks on every exit path, so a
+// failed CHECK or an unexpected exception leaves nothing in /dev/shm.
+
+std::string unique_name(const char* tag) {
+  static std::atomic<int> counter{0};
+  return "sbx_enginetest_" + std::to_string(getpid()) + "_" + tag + "_" +
+         std::to_string(counter.fetch_add(1));
+}
+
+class SegmentGuard {
+ public:
+  explicit SegmentGuard(const char* tag) : name_(unique_name(tag)) {}
+  ~SegmentGuard() {
+    try {
+      sbx::Dict::unlink(name_);
+    } catch (const sbx::Error&) {
+      // Already unlinked by the test itself, or never created.
+    }
+  }
+  SegmentGuard(const SegmentGuard&) = delete;
+  SegmentGuard& operator=(const SegmentGuard&) = delete;
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+};
+
+sbx::OpenOptions options(const std::string& name, uint64_t size, uint64_t max_keys,
+                         uint32_t stripes = 0) {
+  sbx::OpenOptions o;
+  o.name = name;
+  o.create = true;
+  o.size = size;
+  o.max_keys = max_keys;
+  o.stripes = stripes;
+  return o;
+}
+
+std::set<std::string> as_set(const std::vector<std::string>& v) {
+  return std::set<std::string>(v.begin(), v.end());
+}
+
+// ---------------------------------------------------------------------------
+// Test cases.
+
+void test_lifecycle() {
+  SegmentGuard seg("life");
+  bool created = false;
+  std::unique_ptr<sbx::Dict> d1 = sbx::Dict::open(options(seg.name(), 1 << 20, 16), &created);
+  CHECK(created);
+  CHECK(d1->name() == seg.name());
+  CHECK_EQ(d1->max_keys(), uint64_t(16));
+  CHECK_EQ(d1->segment_bytes(), uint64_t(1 << 20));
+  CHECK_EQ(d1->creator_pid(), uint32_t(getpid()));
+  CHECK(put(*d1, "a", "1"));
+
+  // Attach only: sees the creator's data, and the creator sees its writes.
+  sbx::OpenOptions attach;
+  attach.name = seg.name();
+  attach.create = false;
+  created = true;
+  std::unique_ptr<sbx::Dict> d2 = sbx::Dict::open(attach, &created);
+  CHECK(!created);
+  CHECK_EQ(d2->max_keys(), uint64_t(16));  // geometry comes from the segment
+  CHECK(value_of(*d2, "a") == "1");
+  CHECK(put(*d2, "b", "2"));
+  CHECK(value_of(*d1, "b") == "2");
+  CHECK_EQ(d1->size(), uint64_t(2));
+
+  // create=true on an existing name attaches, whatever sizes it asks for.
+  created = true;
+  std::unique_ptr<sbx::Dict> d3 = sbx::Dict::open(options(seg.name(), 4 << 20, 999), &created);
+  CHECK(!created);
+  CHECK_EQ(d3->max_keys(), uint64_t(16));
+  CHECK_EQ(d3->segment_bytes(), uint64_t(1 << 20));
+  d3.reset();
+
+  // Unlink removes the name only: open mappings keep working.
+  sbx::Dict::unlink(seg.name());
+  CHECK_THROWS(sbx::Errc::NotFound, sbx::Dict::open(attach));
+  CHECK_THROWS(sbx::Errc::NotFound, sbx::Dict::unlink(seg.name()));
+  CHECK(value_of(*d1, "a") == "1");
+  CHECK(put(*d2, "c", "3"));
+  CHECK(value_of(*d1, "c") == "3");
+  CHECK_INTEGRITY(*d1);
+
+  // Attaching to a name that never existed.
+  sbx::OpenOptions missing;
+  missing.name = unique_name("missing");
+  missing.create = false;
+  CHECK_THROWS(sbx::Errc::NotFound, sbx::Dict::open(missing));
+
+  // Invalid names are refused before anything is created or looked up.
+  for (const char* bad : {"", "a/b"}) {
+    sbx::OpenOptions o = options(bad, 1 << 20, 16);
+    CHECK_THROWS(sbx::Errc::InvalidArgument, sbx::Dict::open(o));
+    o.create = false;
+    CHECK_THROWS(sbx::Errc::InvalidArgument, sbx::Dict::open(o));
+    CHECK_THROWS(sbx::Errc::InvalidArgument, sbx::Dict::unlink(bad));
+    CHECK_THROWS(sbx::Errc::InvalidArgument, sbx::Dict::validate_name(bad));
+  }
+}
+
+void test_basic_ops() {
+  SegmentGuard seg("basic");
+  auto d = sbx::Dict::open(options(seg.name(), 1 << 20, 64));
+  CHECK_EQ(d->size(), uint64_t(0));
+  CHECK(!contains(*d, "k"));
+  std::string v = "untouched";
+  CHECK(!get(*d, "k", &v));
+  CHECK(v == "untouched");
+
+  CHECK(put(*d, "k", "hello"));
+  CHECK(contains(*d, "k"));
+  CHECK(value_of(*d, "k") == "hello");
+  CHECK_EQ(d->size(), uint64_t(1));
+
+  // Overwrite, longer then shorter then empty: the size never changes.
+  CHECK(put(*d, "k", std::string(5000, 'x')));
+  CHECK(value_of(*d, "k") == std::string(5000, 'x'));
+  CHECK(put(*d, "k", "short"));
+  CHECK(value_of(*d, "k") == "short");
+  CHECK(put(*d, "k", ""));
+  CHECK(contains(*d, "k"));
+  CHECK(get(*d, "k", &v) && v.empty());
+  CHECK_EQ(d->size(), uint64_t(1));
+
+  // IfAbsent stores only a new key and never replaces.
+  CHECK(!put(*d, "k", "replaced?", sbx::PutMode::IfAbsent));
+  CHECK(get(*d, "k", &v) && v.empty());
+  CHECK(put(*d, "k2", "first", sbx::PutMode::IfAbsent));
+  CHECK(!put(*d, "k2", "second", sbx::PutMode::IfAbsent));
+  CHECK(value_of(*d, "k2") == "first");
+  CHECK_EQ(d->size(), uint64_t(2));
+
+  // Keys and values are bytes: embedded NULs and every byte value survive.
+  std::string bin_key("a\0b", 3), bin_value;
+  for (int i = 0; i < 256; ++i) bin_value.push_back(char(i));
+  CHECK(put(*d, bin_key, bin_value));
+  CHECK(value_of(*d, bin_key) == bin_value);
+  CHECK(!contains(*d, "a"));  // not a C-string prefix match
+  CHECK(put(*d, "", "empty key"));
+  CHECK(value_of(*d, "") == "empty key");
+  CHECK_EQ(d->size(), uint64_t(4));
+
+  // Erase: true once, then false; the old value is handed over on request.
+  std::string old;
+  CHECK(erase(*d, "k2", &old));
+  CHECK(old == "first");
+  CHECK(!erase(*d, "k2"));
+  CHECK(!contains(*d, "k2"));
+  CHECK(!erase(*d, "never-there"));
+  CHECK(erase(*d, bin_key));
+  CHECK(erase(*d, ""));
+  CHECK_EQ(d->size(), uint64_t(1));
+
+  // A key can come back after being erased (its slot is a tombstone now).
+  CHECK(put(*d, "k2", "again", sbx::PutMode::IfAbsent));
+  CHECK(value_of(*d, "k2") == "again");
+  CHECK_EQ(d->size(), uint64_t(2));
+  CHECK_INTEGRITY(*d);
+}
+
+void test_max_keys() {
+  // One stripe and the default (many stripes): the limit is global either way.
+  for (uint32_t stripes : {1u, 0u}) {
+    SegmentGuard seg("maxkeys");
+    const uint64_t max_keys = 100;
+    auto d = sbx::Dict::open(options(seg.name(), 4 << 20, max_keys, stripes));
+    for (uint64_t i = 0; i < max_keys; ++i) CHECK(put(*d, "key" + std::to_string(i), "v"));
+    CHECK_EQ(d->size(), max_keys);
+    CHECK_THROWS(sbx::Errc::TooManyKeys, put(*d, "one-too-many", "v"));
+    CHECK_THROWS(sbx::Errc::TooManyKeys, put(*d, "one-too-many", "v", sbx::PutMode::IfAbsent));
+    CHECK(!contains(*d, "one-too-many"));
+    CHECK_EQ(d->size(), max_keys);
+    CHECK_INTEGRITY(*d);
+
+    // Existing keys stay writable at the limit.
+    CHECK(put(*d, "key7", "overwritten"));
+    CHECK(value_of(*d, "key7") == "overwritten");
+    CHECK(!put(*d, "key8", "x", sbx::PutMode::IfAbsent));  // present: false, not an error
+
+    // Erasing makes room for exactly one key.
+    CHECK(erase(*d, "key0"));
+    CHECK(put(*d, "newcomer", "v"));
+    CHECK_THROWS(sbx::Errc::TooManyKeys, put(*d, "second-newcomer", "v"));
+    CHECK_EQ(d->size(), max_keys);
+    CHECK_INTEGRITY(*d);
+  }
+}
+
+void test_segment_full() {
+  SegmentGuard seg("full");
+  const uint64_t size = 256 << 10;
+  auto d = sbx::Dict::open(options(seg.name(), size, 64, 4));
+  const uint64_t heap = d->stats().heap_bytes;
+  CHECK_EQ(heap, sbx::heap_bytes_for(size, 4));
+  CHECK(heap > 100000 && heap < size);
+
+  // Fill with 20 KB values until the heap refuses one.
+  const std::string big(20000, 'b');
+  int stored = 0;
+  bool full = false;
+  for (int i = 0; i < 100 && !full; ++i) {
+    try {
+      put(*d, "big" + std::to_string(i), big);
+      ++stored;
+    } catch (const sbx::Error& e) {
+      CHECK(e.code() == sbx::Errc::SegmentFull);
+      full = true;
+    }
+  }
+  CHECK(full);
+  // Each record is its 20000 bytes plus a header, rounded to 64-byte units;
+  // all of them but the last partial one must have fitted.
+  const uint64_t record = (20000 + 40 + 8 + 63) / 64 * 64;
+  CHECK_EQ(uint64_t(stored), heap / record);
+  CHECK_EQ(d->size(), uint64_t(stored));
+  CHECK_INTEGRITY(*d);
+
+  // A failed overwrite keeps the old value.
+  CHECK_THROWS(sbx::Errc::SegmentFull, put(*d, "big0", std::string(60000, 'c')));
+  CHECK(value_of(*d, "big0") == big);
+  // Small values still fit in what is left.
+  CHECK(put(*d, "small", "s"));
+
+  // Bigger than the heap itself: can never fit, whatever is erased.
+  CHECK_THROWS(sbx::Errc::ValueTooLarge, put(*d, "huge", std::string(heap + 1, 'h')));
+  CHECK_THROWS(sbx::Errc::ValueTooLarge, put(*d, "huge", std::string(heap, 'h')));
+  CHECK(!contains(*d, "huge"));
+  CHECK_INTEGRITY(*d);
+
+  // Once everything is erased, one value of most of the heap fits again.
+  for (int i = 0; i < stored; ++i) CHECK(erase(*d, "big" + std::to_string(i)));
+  CHECK(erase(*d, "small"));
+  CHECK_EQ(d->size(), uint64_t(0));
+  CHECK_INTEGRITY(*d);
+  const std::string large(heap * 3 / 4, 'L');
+  CHECK(put(*d, "large", large));
+  CHECK(value_of(*d, "large") == large);
+  // ... and a second one of that size does not.
+  CHECK_THROWS(sbx::Errc::SegmentFull, put(*d, "large2", large));
+  CHECK(erase(*d, "large"));
+  CHECK(put(*d, "large2", large));
+  CHECK(value_of(*d, "large2") == large);
+  CHECK_INTEGRITY(*d);
+}
+
+void test_keys() {
+  SegmentGuard seg("keys");
+  auto d = sbx::Dict::open(options(seg.name(), 4 << 20, 1000));
+  CHECK(d->keys(true).empty());
+  CHECK(d->keys(false).empty());
+
+  std::set<std::string> model;
+  for (int i = 0; i < 600; ++i) {
+    std::string k = "key-" + std::to_string(i * 7919 % 10007);
+    CHECK(put(*d, k, std::to_string(i)));
+    model.insert(k);
+  }
+  // Erase every third key so the tables hold tombstones too.
+  int n = 0;
+  for (auto it = model.begin(); it != model.end();) {
+    if (n++ % 3 == 0) {
+      CHECK(erase(*d, *it));
+      it = model.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (bool atomic : {true, false}) {
+    std::vector<std::string> keys = d->keys(atomic);
+    CHECK_EQ(keys.size(), model.size());  // no duplicates ...
+    CHECK(as_set(keys) == model);         // ... and exactly the live keys
+  }
+  CHECK_INTEGRITY(*d);
+}
+
+// Random put/erase/get against std::map.  The seed is fixed so a failure
+// reproduces; value sizes span one unit to many, so records of every size
+// are freed and reused (the allocator's coalescing and first fit).
+void test_churn() {
+  SegmentGuard seg("churn");
+  const int kKeys = 300;
+  auto d = sbx::Dict::open(options(seg.name(), 4 << 20, 400));
+  std::map<std::string, std::string> model;
+  std::mt19937_64 rng(20240611);
+  auto pick = [&](uint64_t n) { return uint64_t(rng() % n); };
+  auto random_value = [&] {
+    uint64_t r = pick(100), len;
+    if (r < 70)
+      len = pick(200);  // fits in a few units
+    else if (r < 97)
+      len = 200 + pick(4000);
+    else
+      len = 4200 + pick(60000);
+    std::string v(len, '\0');
+    uint64_t x = rng();
+    for (uint64_t i = 0; i < len; ++i) {
+      v[i] = char(x >> ((i % 8) * 8));
+      if (i % 8 == 7) x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    }
+    return v;
+  };
+
+  int segment_full = 0, mismatches = 0;
+  for (int op = 0; op < 20000; ++op) {
+    std::string k = "k" + std::to_string(pick(kKeys));
+    uint64_t what = pick(100);
+    auto it = model.find(k);
+    if (what < 55) {  // put (sometimes IfAbsent)
+      std::string v = random_value();
+      bool if_absent = pick(10) == 0;
+      try {
+        bool stored = put(*d, k, v, if_absent ? sbx::PutMode::IfAbsent : sbx::PutMode::Always);
+        CHECK_EQ(stored, !(if_absent && it != model.end()));
+        if (stored) model[k] = v;
+      } catch (const sbx::Error& e) {
+        // Legitimate only when the heap is short (the model keeps the old
+        // value, which the engine must have kept too).
+        if (e.code() != sbx::Errc::SegmentFull)
+          record_failure(__FILE__, __LINE__,
+                         std::string("put threw ") + errc_name(e.code()) + ": " + e.what());
+        ++segment_full;
+      }
+    } else if (what < 80) {  // erase, checking the value it removes
+      std::string old;
+      bool erased = erase(*d, k, &old);
+      CHECK_EQ(erased, it != model.end());
+      if (erased && it != model.end()) {
+        if (old != it->second) ++mismatches;
+        model.erase(it);
+      }
+    } else {  // get
+      std::string v;
+      bool found = get(*d, k, &v);
+      CHECK_EQ(found, it != model.end());
+      if (found && it != model.end() && v != it->second) ++mismatches;
+    }
+    if (op % 2000 == 1999) {
+      CHECK_EQ(d->size(), uint64_t(model.size()));
+      CHECK_INTEGRITY(*d);
+    }
+  }
+  CHECK_EQ(mismatches, 0);
+  for (const auto& kv : model) {
+    std::string v;
+    CHECK(get(*d, kv.first, &v) && v == kv.second);
+  }
+  std::set<std::string> model_keys;
+  for (const auto& kv : model) model_keys.insert(kv.first);
+  CHECK(as_set(d->keys(true)) == model_keys);
+  CHECK_EQ(d->size(), uint64_t(model.size()));
+  // 4 MiB is ample for 300 keys of this mix: SegmentFull would mean leaked space.
+  CHECK_EQ(segment_full, 0);
+  CHECK_INTEGRITY(*d);
+}
+
+// The hot key's values are self-describing: every byte is the fill byte and
+// the length is a function of it, so a reader can tell a torn value (bytes of
+// two writes, or a length from one write and bytes from another) on its own.
+uint64_t hot_length(uint8_t fill) { return 64 + uint64_t(fill) * 37; }
+
+std::string hot_value(uint8_t fill) { return std::string(hot_length(fill), char(fill)); }
+
+// Compares whole strings (one memcmp) rather than byte by byte: under TSan
+// every instrumented byte read is an event in the thread's bounded history,
+// and a byte loop over ~10 KB per read would push out the history TSan needs
+// to show the reader's side of a report.
+bool hot_value_ok(const std::string& v) {
+  return !v.empty() && v == hot_value(uint8_t(v[0]));
+}
+
+// Loop count of each thread in test_threads (--iterations=N).  Under TSan
+// every write into a block that a lock-free reader once read is a suppressed
+// report costing milliseconds, so the TSan run lowers it.
+int g_thread_iterations = 5000;
+
+// 4 threads each own a key range and write/read/erase it; 2 threads overwrite
+// one shared key while 2 threads read it lock-free.  All on one Dict object,
+// so this is also what TSan (SHAREDBOX_SANITIZE=thread) is pointed at.
+void test_threads() {
+  SegmentGuard seg("threads");
+  constexpr int kWorkers = 4, kKeysPerWorker = 50;
+  constexpr int kHotWriters = 2, kHotReaders = 2;
+  const int kIterations = g_thread_iterations, kHotWrites = g_thread_iterations;
+  // 16 stripes, not the default 64 for 256 keys: check_integrity() and
+  // keys(true) hold every stripe lock plus the allocator's at once, and TSan's
+  // deadlock detector aborts a thread that holds 64 locks or more.  Fewer
+  // stripes also make the workers' table resizes meet the hot key's readers.
+  auto d = sbx::Dict::open(options(seg.name(), 32 << 20, 256, 16));
+  CHECK(put(*d, "hot", hot_value(0)));
+
+  // Each worker's final contents, compared with the dict once all are joined.
+  std::vector<std::map<std::string, std::string>> final_models(kWorkers);
+  std::atomic<int> hot_writers_left{kHotWriters};
+  // Counted rather than CHECKed per read, so that a broken read path reports
+  // how often it broke instead of flooding the output.
+  std::atomic<uint64_t> hot_reads{0}, torn{0}, missing{0};
+  std::vector<std::thread> threads;
+
+  // A thread must not let an exception escape (std::terminate); record it.
+  auto guarded = [](const char* who, auto body) {
+    return [who, body]() mutable {
+      try {
+        body();
+      } catch (const std::exception& e) {
+        record_failure(__FILE__, __LINE__, std::string(who) + " threw: " + e.what());
+      }
+    };
+  };
+
+  for (int w = 0; w < kWorkers; ++w) {
+    threads.emplace_back(guarded("worker", [&, w] {
+      std::map<std::string, std::string>& model = final_models[w];
+      for (int i = 0; i < kIterations; ++i) {
+        std::string k = "w" + std::to_string(w) + "_" + std::to_string(i % kKeysPerWorker);
+        std::string v = std::to_string(w) + ":" + std::to_string(i) + ":" +
+                        std::string(size_t(i * 131 % 3000), char('a' + w));
+        if (!put(*d, k, v)) record_failure(__FILE__, __LINE__, "worker put returned false");
+        model[k] = v;
+        std::string got;
+        if (!get(*d, k, &got) || got != v)
+          record_failure(__FILE__, __LINE__, "worker read back a wrong value for " + k);
+        if (i % 3 == 2) {
+          std::string old;
+          if (!erase(*d, k, &old) || old != v)
+            record_failure(__FILE__, __LINE__, "worker erase of " + k + " failed");
+          model.erase(k);
+          if (contains(*d, k))
+            record_failure(__FILE__, __LINE__, "erased key " + k + " still present");
+        }
+      }
+    }));
+  }
+  for (int t = 0; t < kHotWriters; ++t) {
+    threads.emplace_back(guarded("hot writer", [&, t] {
+      for (int i = 0; i < kHotWrites; ++i)
+        if (!put(*d, "hot", hot_value(uint8_t(t * 97 + i * 7))))
+          record_failure(__FILE__, __LINE__, "hot put returned false");
+      hot_writers_left.fetch_sub(1);
+    }));
+  }
+  for (int t = 0; t < kHotReaders; ++t) {
+    threads.emplace_back(guarded("hot reader", [&] {
+      // Read until both writers are done (and at least a few times, so the
+      // check is never vacuous on a machine that runs the writers first).
+      uint64_t reads = 0;
+      while (hot_writers_left.load() > 0 || reads < 100) {
+        std::string v;
+        if (!get(*d, "hot", &v)) {
+          missing.fetch_add(1);  // it is never erased: get must always find it
+        } else if (!hot_value_ok(v) && torn.fetch_add(1) == 0) {
+          size_t same = 0;
+          while (same < v.size() && v[same] == v[0]) ++same;
+          record_failure(__FILE__, __LINE__,
+                         "first torn hot value: " + std::to_string(v.size()) + " bytes, the first " +
+                             std::to_string(same) + " of them " + std::to_string(uint8_t(v[0])) +
+                             " (whose value has " + std::to_string(hot_length(uint8_t(v[0]))) +
+                             " bytes)");
+        }
+        ++reads;
+      }
+      hot_reads.fetch_add(reads);
+    }));
+  }
+  for (std::thread& t : threads) t.join();
+
+  std::printf("  threads: %llu lock-free reads of the hot key, %llu torn, %llu missing\n",
+              static_cast<unsigned long long>(hot_reads.load()),
+              static_cast<unsigned long long>(torn.load()),
+              static_cast<unsigned long long>(missing.load()));
+  CHECK_EQ(torn.load(), uint64_t(0));
+  CHECK_EQ(missing.load(), uint64_t(0));
+  CHECK(hot_reads.load() >= uint64_t(kHotReaders) * 100);
+  std::string hot;
+  CHECK(get(*d, "hot", &hot) && hot_value_ok(hot));
+
+  // Exact totals: every worker's surviving keys with their last values, plus "hot".
+  uint64_t expected = 1;
+  std::set<std::string> expected_keys = {"hot"};
+  for (const auto& model : final_models) {
+    expected += model.size();
+    for (const auto& kv : model) {
+      expected_keys.insert(kv.first);
+      std::string v;
+      CHECK(get(*d, kv.first, &v) && v == kv.second);
+    }
+  }
+  // The totals are also known in closed form, independently of the models:
+  // key j was last written at the last i with i % kKeysPerWorker == j, and
+  // survives unless that iteration erased it (i % 3 == 2).
+  uint64_t survivors = 0;
+  for (int j = 0; j < kKeysPerWorker; ++j) {
+    int last = (kIterations - 1 - j) / kKeysPerWorker * kKeysPerWorker + j;
+    if (last % 3 != 2) ++survivors;
+  }
+  CHECK_EQ(expected, 1 + kWorkers * survivors);
+  CHECK_EQ(d->size(), expected);
+  CHECK(as_set(d->keys(true)) == expected_keys);
+  CHECK_INTEGRITY(*d);
+}
+
+void test_stats() {
+  SegmentGuard seg("stats");
+  const uint64_t size = 2 << 20;
+  auto d = sbx::Dict::open(options(seg.name(), size, 100, 8));
+  sbx::Stats st = d->stats();
+  CHECK_EQ(st.segment_bytes, size);
+  CHECK_EQ(st.heap_bytes, sbx::heap_bytes_for(size, 8));
+  CHECK_EQ(st.max_keys, uint64_t(100));
+  CHECK_EQ(st.stripes, uint64_t(8));
+  CHECK_EQ(st.entries, uint64_t(0));
+  CHECK_EQ(st.key_bytes, uint64_t(0));
+  CHECK_EQ(st.value_bytes, uint64_t(0));
+  CHECK_EQ(st.record_bytes, uint64_t(0));
+  CHECK_EQ(st.used_bytes, uint64_t(0));
+  CHECK_EQ(st.largest_free_bytes, st.heap_bytes);
+  CHECK_EQ(st.recoveries, uint64_t(0));
+
+  std::map<std::string, std::string> model;
+  for (int i = 0; i < 50; ++i)
+    model["stat-key-" + std::to_string(i)] = std::string(size_t(i * 37), 'v');
+  for (const auto& kv : model) put(*d, kv.first, kv.second);
+  // Overwrites and erases must leave no trace in the totals.
+  put(*d, "stat-key-3", "changed");
+  model["stat-key-3"] = "changed";
+  for (int i = 40; i < 50; ++i) {
+    erase(*d, "stat-key-" + std::to_string(i));
+    model.erase("stat-key-" + std::to_string(i));
+  }
+
+  uint64_t key_bytes = 0, value_bytes = 0, record_bytes = 0;
+  for (const auto& kv : model) {
+    key_bytes += kv.first.size();
+    value_bytes += kv.second.size();
+    record_bytes += (40 + kv.first.size() + kv.second.size() + 63) / 64 * 64;
+  }
+  st = d->stats();
+  CHECK_EQ(st.entries, uint64_t(model.size()));
+  CHECK_EQ(st.key_bytes, key_bytes);
+  CHECK_EQ(st.value_bytes, value_bytes);
+  CHECK_EQ(st.record_bytes, record_bytes);
+  // Everything allocated is a record or an index table.
+  CHECK_EQ(st.used_bytes, st.record_bytes + st.table_bytes);
+  CHECK_EQ(st.used_bytes + st.free_bytes, st.heap_bytes);
+  CHECK(st.table_bytes > 0);
+  CHECK(st.largest_free_bytes <= st.free_bytes);
+  CHECK_INTEGRITY(*d);
+}
+
+// ---------------------------------------------------------------------------
+// Runner.
+
+struct TestCase {
+  const char* name;
+  void (*fn)();
+};
+
+const TestCase kCases[] = {
+    {"lifecycle", test_lifecycle},   {"basic", test_basic_ops},     {"max_keys", test_max_keys},
+    {"segment_full", test_segment_full}, {"keys", test_keys},       {"churn", test_churn},
+    {"threads", test_threads},       {"stats", test_stats},
+};
+
+bool run_case(const TestCase& tc) {
+  g_case_failures.store(0);
+  auto start = std::chrono::steady_clock::now();
+  try {
+    tc.fn();
+  } catch (const sbx::Error& e) {
+    record_failure(__FILE__, __LINE__,
+                   std::string("unexpected sbx::Error ") + errc_name(e.code()) + ": " + e.what());
+  } catch (const std::exception& e) {
+    record_failure(__FILE__, __LINE__, std::string("unexpected exception: ") + e.what());
+  }
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                  .count();
+  int failures = g_case_failures.load();
+  std::printf("[%s] %s (%.0f ms)\n", failures ? "FAIL" : " OK ", tc.name, ms);
+  std::fflush(stdout);
+  return failures == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<const TestCase*> selected;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--list") {
+      for (const TestCase& tc : kCases) std::printf("%s\n", tc.name);
+      return 0;
+    }
+    if (arg.rfind("--iterations=", 0) == 0) {
+      g_thread_iterations = std::atoi(arg.c_str() + std::strlen("--iterations="));
+      if (g_thread_iterations < 1) {
+        std::fprintf(stderr, "--iterations needs a positive count\n");
+        return 2;
+      }
+      continue;
+    }
+    const TestCase* found = nullptr;
+    for (const TestCase& tc : kCases)
+      if (arg == tc.name) found = &tc;
+    if (!found) {
+      std::fprintf(stderr, "unknown test case '%s' (--list shows them)\n", arg.c_str());
+      return 2;
+    }
+    selected.push_back(found);
+  }
+  if (selected.empty())
+    for (const TestCase& tc : kCases) selected.push_back(&tc);
+
+  int passed = 0, failed = 0;
+  for (const TestCase* tc : selected) (run_case(*tc) ? passed : failed)++;
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}

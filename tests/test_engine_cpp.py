@@ -1,0 +1,129 @@
+"""Builds and runs the C++ engine tests (tests/engine/test_engine.cpp).
+
+The engine is tested on its own, without the binding: CMake configures the
+repository with SHAREDBOX_BUILD_TESTS=ON (no Python needed) into a temporary
+directory and builds the sharedbox_engine_tests executable, which prints
+"N passed, M failed" as its last line and exits non-zero on any failure.
+"""
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TSAN_SUPPRESSIONS = ROOT / "tests" / "engine" / "tsan.supp"
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
+
+
+def _find_cmake():
+    exe = shutil.which("cmake")
+    if exe:
+        return exe
+    try:  # the "cmake" package from PyPI ships its own binary
+        import cmake
+    except ImportError:
+        return None
+    exe = Path(cmake.CMAKE_BIN_DIR) / "cmake"
+    return str(exe) if exe.exists() else None
+
+
+def _find_cxx():
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _tools():
+    """(cmake, c++ compiler), or a pytest.skip naming what is missing."""
+    cmake, cxx = _find_cmake(), _find_cxx()
+    missing = [what for what, found in (("cmake", cmake), ("C++ compiler", cxx)) if not found]
+    if missing:
+        pytest.skip(f"cannot build the C++ engine tests: no {' and no '.join(missing)} found")
+    return cmake, cxx
+
+
+def _run(cmd, timeout, env=None, cwd=None):
+    return subprocess.run(cmd, cwd=cwd, env=env, timeout=timeout, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace")
+
+
+def _build(build_dir, *cmake_args):
+    """Configures and builds sharedbox_engine_tests; returns the executable's path."""
+    cmake, _ = _tools()
+    configure = [cmake, "-S", str(ROOT), "-B", str(build_dir), "-DSHAREDBOX_BUILD_TESTS=ON",
+                 *cmake_args]
+    # The default generator (Makefiles) needs make; fall back to Ninja without it.
+    if not os.environ.get("CMAKE_GENERATOR") and not shutil.which("make") and shutil.which("ninja"):
+        configure += ["-G", "Ninja"]
+    for step in (configure,
+                 [cmake, "--build", str(build_dir), "--target", "sharedbox_engine_tests", "-j", "2"]):
+        proc = _run(step, timeout=600)
+        assert proc.returncode == 0, f"{' '.join(step)} failed:\n{proc.stdout[-8000:]}"
+    exe = Path(build_dir) / "sharedbox_engine_tests"
+    assert exe.exists(), f"the build did not produce {exe}"
+    return exe
+
+
+def _run_tests(cmd, timeout, env, cwd):
+    """Runs the test program; afterwards removes any segment it left behind.
+
+    The program unlinks its segments itself, but not when it dies: a
+    sanitizer abort, a crash, or the kill on timeout.  Its segment names
+    start with sbx_enginetest_<pid>_.
+    """
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        out += f"\n[killed after {timeout} s]"
+    finally:
+        for leftover in Path("/dev/shm").glob(f"sbx_enginetest_{proc.pid}_*"):
+            leftover.unlink(missing_ok=True)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def _check_output(proc):
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit status {proc.returncode}:\n{out[-12000:]}"
+    assert " 0 failed" in out, out[-12000:]
+    summary = SUMMARY.findall(out)
+    assert len(summary) == 1 and int(summary[0][0]) > 0, out[-12000:]
+
+
+def test_engine_cpp(tmp_path):
+    """Every engine test case, in an optimised build."""
+    exe = _build(tmp_path / "build", "-DCMAKE_BUILD_TYPE=Release")
+    _check_output(_run_tests([str(exe)], timeout=120, env=None, cwd=tmp_path))
+
+
+@pytest.mark.slow
+def test_engine_cpp_threads_tsan(tmp_path):
+    """The multi-threaded case under ThreadSanitizer.
+
+    RelWithDebInfo so that reports carry source lines.  The suppressions
+    cover only the engine's validated lock-free reads (see tsan.supp), and
+    --iterations is lowered because every suppressed report still costs
+    milliseconds.
+    """
+    exe = _build(tmp_path / "build", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                 "-DSHAREDBOX_SANITIZE=thread")
+    env = dict(os.environ)
+    env["TSAN_OPTIONS"] = " ".join(filter(None, [
+        env.get("TSAN_OPTIONS"), f"suppressions={TSAN_SUPPRESSIONS}", "second_deadlock_stack=1"]))
+    cmd = [str(exe), "--iterations=1000", "threads"]
+    proc = _run_tests(cmd, timeout=600, env=env, cwd=tmp_path)
+    # GCC's TSan runtime cannot start on kernels with high mmap randomisation
+    # (vm.mmap_rnd_bits > 28); run it again with ASLR off for this process.
+    if "unexpected memory mapping" in proc.stdout and shutil.which("setarch"):
+        proc = _run_tests(["setarch", platform.machine(), "-R", *cmd], timeout=600, env=env,
+                          cwd=tmp_path)
+    _check_output(proc)
