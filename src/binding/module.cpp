@@ -43,6 +43,8 @@ struct Registry {
 };
 Registry g;
 constexpr int kClosedIndex = 15;
+constexpr int kPickleRefusedIndex = 14;
+
 
 struct ClosedError {
   std::string name;
@@ -50,6 +52,11 @@ struct ClosedError {
 
 PyObject* error_type(int index, PyObject* fallback) {
   return g.errors[index] ? g.errors[index] : fallback;
+}
+
+[[noreturn]] void throw_pickle_refused(const char* what) {
+  PyErr_SetString(error_type(kPickleRefusedIndex, PyExc_ValueError), what);
+  throw nb::python_error();
 }
 
 void set_python_error(const sbx::Error& e) {
@@ -151,6 +158,7 @@ void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_g
 
 class Encoded : public sbx::ValueSource {
  public:
+  explicit Encoded(bool allow_pickle) : allow_pickle_(allow_pickle) {}
   uint64_t max_bytes() const override {
     return head_.size() + payload_len_ + (align_ ? codec::kArrayAlign - 1 : 0);
   }
@@ -231,6 +239,10 @@ class Encoded : public sbx::ValueSource {
   void tag_only(codec::Tag tag) { head_.assign(1, char(tag)); }
 
   void pickled(PyObject* v) {
+    if (!allow_pickle_)
+      throw_pickle_refused(
+          "this SharedDict was opened with allow_pickle=False: only None, bool, int64, "
+          "float, str, bytes and NumPy arrays (not of object dtype) can be stored");
     nb::object data = nb::steal(PyObject_CallOneArg(g.pickle_dumps, v));
     if (!data.is_valid()) throw nb::python_error();
     if (!PyBytes_Check(data.ptr())) throw std::runtime_error("pickle helper must return bytes");
@@ -273,6 +285,7 @@ class Encoded : public sbx::ValueSource {
     return true;
   }
 
+  bool allow_pickle_;
   std::string head_;
   const uint8_t* payload_ = nullptr;
   uint64_t payload_len_ = 0;
@@ -335,6 +348,7 @@ nb::object make_array(const ArrayHeader& h, const uint8_t* data, bool may_releas
 
 class Sink : public sbx::ValueSink {
  public:
+  explicit Sink(bool allow_pickle) : allow_pickle_(allow_pickle) {}
   ~Sink() override { std::free(heap_); }
 
   void take(const uint8_t* v, uint64_t n, uint64_t segment_off, bool under_lock) override {
@@ -397,6 +411,10 @@ class Sink : public sbx::ValueSink {
       case codec::kBytes:
         return nb::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1)));
       case codec::kPickle: {
+        if (!allow_pickle_)
+          throw_pickle_refused(
+              "refusing to unpickle a stored value: this SharedDict was opened with "
+              "allow_pickle=False (unpickling data from shared memory can run code)");
         nb::object view = nb::steal(PyMemoryView_FromMemory(
             reinterpret_cast<char*>(const_cast<uint8_t*>(v + 1)), Py_ssize_t(n - 1), PyBUF_READ));
         if (!view.is_valid()) throw nb::python_error();
@@ -432,6 +450,7 @@ class Sink : public sbx::ValueSink {
   uint64_t heap_cap_ = 0;
   uint64_t len_ = 0;
   uint64_t segment_off_ = 0;
+  bool allow_pickle_;
   nb::object direct_;
 };
 
@@ -441,7 +460,8 @@ class Sink : public sbx::ValueSink {
 class Core {
  public:
   Core(const std::string& name, bool create, uint64_t size, uint64_t max_keys, uint32_t stripes,
-       uint32_t mode, double attach_timeout) {
+       uint32_t mode, double attach_timeout, bool allow_pickle)
+      : allow_pickle_(allow_pickle) {
     sbx::OpenOptions o;
     o.name = name;
     o.create = create;
@@ -491,7 +511,7 @@ class Core {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
-    Sink sink;
+    Sink sink(allow_pickle_);
     *found = d->get(k, sink);
     if (!*found) return nb::object();
     return sink.decode();
@@ -507,7 +527,7 @@ class Core {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
-    Encoded enc;
+    Encoded enc(allow_pickle_);
     enc.encode(value);
     if (enc.payload_len() >= kReleaseGilBytes) {
       nb::gil_scoped_release unlocked;
@@ -522,7 +542,7 @@ class Core {
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
     if (!want_value) return d->erase(k, nullptr);
-    Sink sink;
+    Sink sink(allow_pickle_);
     if (!d->erase(k, &sink)) return false;
     *value = sink.decode();
     return true;
@@ -581,6 +601,7 @@ class Core {
   uint64_t max_keys() const { return max_keys_; }
   uint32_t stripes() const { return stripes_; }
   bool created() const { return created_; }
+  bool allow_pickle() const { return allow_pickle_; }
   uint32_t creator_pid() {
     Use d(this);
     return d->creator_pid();
@@ -598,6 +619,7 @@ class Core {
   bool created_ = false;
   uint64_t segment_bytes_ = 0, max_keys_ = 0;
   uint32_t stripes_ = 0;
+  bool allow_pickle_ = true;
 };
 
 Core* core_of(PyObject* self) { return nb::inst_ptr<Core>(nb::handle(self)); }
@@ -698,6 +720,10 @@ NB_MODULE(_core, m) {
       nb::object t = types["Closed"];
       g.errors[kClosedIndex] = t.inc_ref().ptr();
     }
+    if (types.contains("PickleRefused")) {
+      nb::object t = types["PickleRefused"];
+      g.errors[kPickleRefusedIndex] = t.inc_ref().ptr();
+    }
   });
   m.def("_set_codec", [](nb::object dumps, nb::object loads, nb::object array_header,
                          nb::object array_new) {
@@ -714,9 +740,10 @@ NB_MODULE(_core, m) {
         "Removes the shared memory segment of this name.");
 
   nb::class_<Core>(m, "SharedDictCore", nb::type_slots(core_slots))
-      .def(nb::init<const std::string&, bool, uint64_t, uint64_t, uint32_t, uint32_t, double>(),
+      .def(nb::init<const std::string&, bool, uint64_t, uint64_t, uint32_t, uint32_t, double,
+                    bool>(),
            "name"_a, "create"_a, "size"_a, "max_keys"_a, "stripes"_a, "mode"_a,
-           "attach_timeout"_a)
+           "attach_timeout"_a, "allow_pickle"_a)
       .def("get",
            [](Core& c, nb::handle key, nb::handle dflt) -> nb::object {
              bool found;
@@ -750,5 +777,7 @@ NB_MODULE(_core, m) {
       .def_prop_ro("max_keys", &Core::max_keys, "The most keys the dict can hold.")
       .def_prop_ro("stripes", &Core::stripes, "The number of lock stripes.")
       .def_prop_ro("created", &Core::created, "True if this handle created the segment.")
+      .def_prop_ro("allow_pickle", [](const Core& c) { return c.allow_pickle(); },
+                   "False if this handle refuses to store or load pickled values.")
       .def_prop_ro("creator_pid", &Core::creator_pid, "PID of the process that created it.");
 }

@@ -13,6 +13,7 @@ from .errors import (
     CorruptSegmentError,
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
+    PickleRefusedError,
     SegmentFullError,
     SegmentNotFoundError,
     SegmentNotReadyError,
@@ -38,5 +39,6 @@ __all__ = [
     "SharedDictClosedError",
     "CorruptSegmentError",
     "InsufficientSharedMemoryError",
+    "PickleRefusedError",
     "__version__",
 ]

@@ -19,6 +19,7 @@ from .errors import (
     CorruptSegmentError,
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
+    PickleRefusedError,
     SegmentFullError,
     SegmentNotFoundError,
     SegmentNotReadyError,
@@ -44,6 +45,7 @@ _core._set_error_types(
         "TooManyKeys": TooManyKeysError,
         "Corrupt": CorruptSegmentError,
         "Closed": SharedDictClosedError,
+        "PickleRefused": PickleRefusedError,
     }
 )
 _core._set_codec(_codec.dumps, _codec.loads, _codec.array_header, _codec.array_new)
@@ -58,8 +60,8 @@ def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> i
     return value
 
 
-def _attach(name: str) -> "SharedDict":
-    return SharedDict(name, create=False)
+def _attach(name: str, allow_pickle: bool = True) -> "SharedDict":
+    return SharedDict(name, create=False, allow_pickle=allow_pickle)
 
 
 class _Keys(KeysView):
@@ -101,7 +103,9 @@ class SharedDict(_core.SharedDictCore):
     Extra keyword-only options: ``stripes`` (lock stripes; a power of two,
     default derived from max_keys), ``mode`` (permission bits of a new
     segment, default 0o600 owner-only), ``attach_timeout`` (seconds to wait
-    for a concurrent creator to finish, default 5).
+    for a concurrent creator to finish, default 5), ``allow_pickle`` (False:
+    refuse to store or load values that need pickle, because anyone who can
+    write the segment can make an unpickling reader run code).
     """
 
     __hash__ = None  # type: ignore[assignment]  # mutable mapping
@@ -117,6 +121,7 @@ class SharedDict(_core.SharedDictCore):
         stripes: Optional[int] = None,
         mode: int = 0o600,
         attach_timeout: float = 5.0,
+        allow_pickle: bool = True,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
@@ -133,7 +138,11 @@ class SharedDict(_core.SharedDictCore):
             raise TypeError("attach_timeout must be a number of seconds")
         if not attach_timeout >= 0 or math.isinf(attach_timeout):
             raise ValueError(f"attach_timeout must be a finite number >= 0, got {attach_timeout}")
-        super().__init__(name, create, size, max_keys, stripes or 0, mode, float(attach_timeout))
+        if not isinstance(allow_pickle, bool):
+            raise TypeError(f"allow_pickle must be a bool, not {type(allow_pickle).__name__}")
+        super().__init__(
+            name, create, size, max_keys, stripes or 0, mode, float(attach_timeout), allow_pickle
+        )
         if data is not None:
             self.update(data)
 
@@ -231,7 +240,7 @@ class SharedDict(_core.SharedDictCore):
         # attaches to the same segment (multiprocessing spawn, Pool, queues).
         if self.is_closed():
             raise SharedDictClosedError(f"SharedDict {self.name!r} is closed and cannot be pickled")
-        return (_attach, (self.name,))
+        return (_attach, (self.name, self.allow_pickle))
 
     # -- statistics and sizing ----------------------------------------------
 

@@ -19,6 +19,7 @@ __all__ = [
     "SharedDictClosedError",
     "CorruptSegmentError",
     "InsufficientSharedMemoryError",
+    "PickleRefusedError",
 ]
 
 
@@ -66,3 +67,12 @@ class CorruptSegmentError(SharedBoxError, RuntimeError):
 
 class InsufficientSharedMemoryError(SharedBoxError, OSError):
     """``/dev/shm`` has less free space than the requested segment size."""
+
+
+class PickleRefusedError(SharedBoxError, ValueError):
+    """A handle opened with ``allow_pickle=False`` met a value that needs pickle.
+
+    Unpickling runs code chosen by whoever wrote the bytes; anyone who can write
+    the segment can write them.  ``allow_pickle=False`` limits a handle to the
+    native encodings (None, bool, int64, float, str, bytes, NumPy arrays).
+    """
