@@ -127,3 +127,18 @@ def test_engine_cpp_threads_tsan(tmp_path):
         proc = _run_tests(["setarch", platform.machine(), "-R", *cmd], timeout=600, env=env,
                           cwd=tmp_path)
     _check_output(proc)
+
+
+@pytest.mark.slow
+def test_engine_cpp_asan_ubsan(tmp_path):
+    """Every engine test case under AddressSanitizer + UndefinedBehaviorSanitizer;
+    any report aborts the program (halt_on_error), so a clean exit means none."""
+    exe = _build(tmp_path / "build", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                 "-DSHAREDBOX_SANITIZE=address;undefined")
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = "halt_on_error=1:detect_leaks=1"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    cmd = [str(exe), "--iterations=2000"]
+    proc = _run_tests(cmd, timeout=600, env=env, cwd=tmp_path)
+    assert "Sanitizer" not in proc.stdout, proc.stdout[-12000:]
+    _check_output(proc)
