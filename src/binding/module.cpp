@@ -13,6 +13,7 @@
 #include <nanobind/stl/vector.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -708,6 +709,13 @@ NB_MODULE(_core, m) {
   });
 
   m.attr("LAYOUT_VERSION") = sbx::kLayoutVersion;
+  // Where the robust mutexes sit, for tools and tests that write raw bytes.
+  m.attr("ALLOC_MUTEX_OFFSET") =
+      offsetof(sbx::SegmentHeader, h_alloc) + offsetof(sbx::AllocState, a_mutex);
+  m.attr("STRIPE_BYTES") = sizeof(sbx::Stripe);
+  m.attr("STRIPE_MUTEX_OFFSET") = offsetof(sbx::Stripe, s_mutex);
+  m.attr("MUTEX_BYTES") = sizeof(pthread_mutex_t);
+  m.attr("PAGE_BYTES") = sbx::kPage;
 
   m.def("_set_error_types", [](nb::dict types) {
     for (size_t i = 0; i < sizeof(kErrorNames) / sizeof(kErrorNames[0]); ++i) {

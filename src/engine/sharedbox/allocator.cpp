@@ -45,11 +45,23 @@ void Dict::lock_alloc() {
 
 void Dict::unlock_alloc() { pthread_mutex_unlock(&hdr_->h_alloc.a_mutex); }
 
+// A bitmap word as the allocator must see it: units past the end of the heap
+// always read as used, even if a stray write cleared their bits.
+uint64_t Dict::bitmap_word(uint64_t w) const {
+  uint64_t bits = bitmap_[w];
+  if (w == bitmap_words_ - 1) {
+    uint64_t tail = bitmap_words_ * 64 - heap_units_;
+    if (tail) bits |= ~uint64_t(0) << (64 - tail);
+  }
+  return bits;
+}
+
 uint64_t Dict::find_run(uint64_t n) const {
   uint64_t run_start = 0, run_len = 0;
-  for (uint64_t w = hdr_->h_alloc.a_hint_word.load(std::memory_order_relaxed);
-       w < bitmap_words_; ++w) {
-    uint64_t bits = bitmap_[w];
+  uint64_t hint = hdr_->h_alloc.a_hint_word.load(std::memory_order_relaxed);
+  if (hint >= bitmap_words_) hint = 0;  // never trust a hint that points nowhere
+  for (uint64_t w = hint; w < bitmap_words_; ++w) {
+    uint64_t bits = bitmap_word(w);
     if (bits == 0) {
       if (run_len == 0) run_start = w * 64;
       run_len += 64;
@@ -82,7 +94,7 @@ uint64_t Dict::find_run(uint64_t n) const {
 uint64_t Dict::find_run_from_top(uint64_t n) const {
   uint64_t run_end = 0, run_len = 0;
   for (uint64_t w = bitmap_words_; w-- > 0;) {
-    uint64_t bits = bitmap_[w];
+    uint64_t bits = bitmap_word(w);
     if (bits == 0) {
       if (run_len == 0) run_end = (w + 1) * 64;
       run_len += 64;
@@ -123,7 +135,7 @@ void Dict::mark_units(uint64_t first, uint64_t n, bool used) {
 
 uint64_t Dict::count_used_units() const {
   uint64_t used = 0;
-  for (uint64_t w = 0; w < bitmap_words_; ++w) used += uint64_t(__builtin_popcountll(bitmap_[w]));
+  for (uint64_t w = 0; w < bitmap_words_; ++w) used += uint64_t(__builtin_popcountll(bitmap_word(w)));
   return used - (bitmap_words_ * 64 - heap_units_);  // minus the permanent tail bits
 }
 
@@ -149,7 +161,7 @@ uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_to
   AllocLock lock(this);
   AllocState& a = hdr_->h_alloc;
   uint64_t first = from_top ? find_run_from_top(units) : find_run(units);
-  if (first == UINT64_MAX) return 0;
+  if (first == UINT64_MAX || first > heap_units_ || units > heap_units_ - first) return 0;
   uint64_t off = heap_off_ + first * kUnit;
   a.a_off.store(off, std::memory_order_relaxed);
   a.a_units.store(units, std::memory_order_relaxed);

@@ -33,7 +33,7 @@ inline uint64_t tag_of(uint64_t hash) { return (hash >> 16) & 0x3FFFFFu; }
 // Locks.
 
 Stripe& Dict::stripe(uint32_t i) const {
-  return reinterpret_cast<Stripe*>(base_ + hdr_->h_stripe_off)[i];
+  return stripes_[i];
 }
 
 void Dict::lock_stripe(uint32_t i) {
@@ -93,7 +93,7 @@ bool Dict::record_matches(uint64_t off, const KeyRef& k) const {
 
 KeyRef Dict::key(const char* data, size_t len) const {
   if (len > UINT32_MAX) throw Error(Errc::InvalidArgument, "key is longer than 4 GiB");
-  return KeyRef{data, uint32_t(len), hash_key(data, len, hdr_->h_hash_seed)};
+  return KeyRef{data, uint32_t(len), hash_key(data, len, hash_seed_)};
 }
 
 // ---------------------------------------------------------------------------
@@ -241,7 +241,7 @@ Dict::Probe Dict::find_locked(const Stripe& s, const KeyRef& k) const {
 
 bool Dict::reserve_key() {
   uint64_t cur = hdr_->h_reserved_keys.load(std::memory_order_relaxed);
-  const uint64_t limit = hdr_->h_max_keys;
+  const uint64_t limit = max_keys_;
   while (cur < limit) {
     if (hdr_->h_reserved_keys.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel))
       return true;
@@ -276,10 +276,15 @@ __attribute__((noinline)) void Dict::build_table(uint64_t off, uint64_t units, u
   Slot* fresh = reinterpret_cast<Slot*>(base_ + off);
   if (!old_ref) return;
   Slot* old = table_slots(old_ref);
+  if (!old) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
   uint64_t old_cap = uint64_t(1) << table_log2(old_ref);
+  uint64_t placed = 0;
   for (uint64_t i = 0; i < old_cap; ++i) {
     uint64_t c = old[i].load(std::memory_order_relaxed);
     if (slot_state(c) != kSlotFull) continue;
+    // The new table is sized from s_count; more full slots than that means
+    // corrupted counters, and probing a full table would never end.
+    if (++placed >= cap) throw Error(Errc::Corrupt, "stripe holds more keys than its count");
     uint64_t kl, vl;
     const RecordHeader* r = record(slot_record(c), &kl, &vl);
     if (!r) throw Error(Errc::Corrupt, "record out of bounds during resize");
@@ -404,7 +409,7 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
         }
         throw Error(Errc::TooManyKeys,
                     "the SharedDict '" + name_ + "' already holds max_keys=" +
-                        std::to_string(hdr_->h_max_keys) +
+                        std::to_string(max_keys_) +
                         " keys; delete keys or create it with a larger max_keys "
                         "(see recommend_sizing())");
       }
@@ -617,7 +622,7 @@ Stats Dict::stats() {
   Stats st{};
   st.segment_bytes = size_;
   st.heap_bytes = heap_units_ * kUnit;
-  st.max_keys = hdr_->h_max_keys;
+  st.max_keys = max_keys_;
   st.stripes = nstripes_;
   for (uint32_t i = 0; i < nstripes_; ++i) {
     StripeLock lock(this, i);
@@ -709,7 +714,7 @@ std::vector<std::string> Dict::check_integrity() {
           if (stripe_of(r->r_hash) != i) problems.push_back("record in the wrong stripe");
           if (tag_of(r->r_hash) != slot_tag(c)) problems.push_back("slot tag mismatch");
           if (hash_key(reinterpret_cast<const uint8_t*>(r) + kHeaderBytes, kl,
-                       hdr_->h_hash_seed) != r->r_hash)
+                       hash_seed_) != r->r_hash)
             problems.push_back("record hash does not match its key");
           if (kHeaderBytes + kl + vl > r->r_units * kUnit)
             problems.push_back("record longer than its block");

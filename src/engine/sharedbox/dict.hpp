@@ -115,7 +115,7 @@ class Dict {
 
   const std::string& name() const { return name_; }
   uint64_t segment_bytes() const { return size_; }
-  uint64_t max_keys() const { return hdr_->h_max_keys; }
+  uint64_t max_keys() const { return max_keys_; }
   uint32_t stripe_count() const { return nstripes_; }
   uint32_t creator_pid() const { return hdr_->h_creator_pid; }
   uint32_t mode() const { return hdr_->h_mode; }
@@ -158,6 +158,7 @@ class Dict {
 
   uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top = false);
   void free_block(std::atomic<uint64_t>* target, uint64_t units);
+  uint64_t bitmap_word(uint64_t w) const;
   uint64_t find_run(uint64_t units) const;
   uint64_t find_run_from_top(uint64_t units) const;
   void mark_units(uint64_t first, uint64_t n, bool used);
@@ -168,9 +169,14 @@ class Dict {
   uint8_t* base_;
   uint64_t size_;
   SegmentHeader* hdr_;
+  // Geometry and identity, copied once from the validated header: nothing
+  // after attach re-reads them from shared memory, so a stray write to the
+  // header cannot redirect this process's pointers.
   uint32_t nstripes_;
+  Stripe* stripes_;
   uint64_t heap_off_, heap_units_, bitmap_words_;
   uint64_t* bitmap_;
+  uint64_t hash_seed_, max_keys_;
 };
 
 }  // namespace sbx

@@ -339,6 +339,9 @@ Dict::Dict(std::string name, uint8_t* base, uint64_t size)
     : name_(std::move(name)), base_(base), size_(size) {
   hdr_ = reinterpret_cast<SegmentHeader*>(base_);
   nstripes_ = hdr_->h_stripes;
+  stripes_ = reinterpret_cast<Stripe*>(base_ + hdr_->h_stripe_off);
+  hash_seed_ = hdr_->h_hash_seed;
+  max_keys_ = hdr_->h_max_keys;
   heap_off_ = hdr_->h_heap_off;
   heap_units_ = hdr_->h_heap_units;
   bitmap_words_ = (heap_units_ + 63) / 64;
