@@ -335,8 +335,10 @@ nb::object make_array(const ArrayHeader& h, const uint8_t* data, bool may_releas
   for (uint32_t i = 0; i < h.ndim; ++i)
     PyTuple_SET_ITEM(shape.ptr(), i, PyLong_FromUnsignedLongLong(h.shape[i]));
   nb::object descr = nb::steal(PyBytes_FromStringAndSize(h.descr, h.descr_len));
+  nb::object nbytes_obj = nb::steal(PyLong_FromUnsignedLongLong(h.nbytes));
   nb::object made = nb::steal(PyObject_CallFunctionObjArgs(
-      g.array_new, descr.ptr(), shape.ptr(), h.fortran ? Py_True : Py_False, nullptr));
+      g.array_new, descr.ptr(), shape.ptr(), h.fortran ? Py_True : Py_False, nbytes_obj.ptr(),
+      nullptr));
   if (!made.is_valid()) throw nb::python_error();
   // (array, data_ptr, nbytes)
   nb::tuple t = nb::cast<nb::tuple>(made);

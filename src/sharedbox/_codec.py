@@ -77,13 +77,19 @@ def _descr_to_dtype(descr: bytes):
     return dtype
 
 
-def array_new(descr: bytes, shape: tuple, fortran: bool):
+def array_new(descr: bytes, shape: tuple, fortran: bool, nbytes: int):
     """A new, writeable array for a stored one: (array, data_ptr, nbytes)."""
+    import math
+
     import numpy as np
 
     try:
         dtype = _descr_to_dtype(descr)
     except Exception as exc:
         raise ValueError(f"a stored array has an unreadable dtype {descr!r}") from exc
+    # Check before allocating: a damaged header must not make us allocate
+    # (or try to allocate) an arbitrary amount of memory.
+    if math.prod(shape) * dtype.itemsize != nbytes:
+        raise ValueError("a stored array's shape and dtype do not match its data size")
     arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     return arr, arr.__array_interface__["data"][0], arr.nbytes

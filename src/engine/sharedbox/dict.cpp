@@ -583,7 +583,7 @@ void Dict::recover_stripe(uint32_t i) {
 
 std::vector<std::string> Dict::keys(bool atomic) {
   std::vector<std::string> out;
-  out.reserve(size());
+  out.reserve(std::min(size(), max_keys_));  // counts may be corrupt: never trust them for a size
   auto collect = [&](uint32_t i) {
     uint64_t ref = stripe(i).s_table_ref.load(std::memory_order_relaxed);
     if (!ref) return;
