@@ -251,18 +251,11 @@ bool Dict::reserve_key() {
 
 // Recomputes h_reserved_keys from the stripe counts, all stripes locked.
 void Dict::recount() {
-  uint32_t locked = 0;
-  try {
-    for (; locked < nstripes_; ++locked) lock_stripe(locked);
-  } catch (...) {
-    while (locked) unlock_stripe(--locked);
-    throw;
-  }
+  AllStripesLock all(this);
   uint64_t n = 0;
   for (uint32_t i = 0; i < nstripes_; ++i) n += stripe(i).s_count.load(std::memory_order_relaxed);
   hdr_->h_reserved_keys.store(n, std::memory_order_release);
   hdr_->h_recount_needed.store(0, std::memory_order_release);
-  while (locked) unlock_stripe(--locked);
 }
 
 // Zeroes a freshly allocated block and rehashes the full slots of old_ref
@@ -414,7 +407,6 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
                         "(see recommend_sizing())");
       }
       reserved = true;
-      j.j_reserved.store(1, std::memory_order_relaxed);
     }
     uint64_t slot_idx = p.found ? p.idx : p.free_idx;
     uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
@@ -600,15 +592,8 @@ std::vector<std::string> Dict::keys(bool atomic) {
     }
   };
   if (atomic) {
-    uint32_t locked = 0;
-    try {
-      for (; locked < nstripes_; ++locked) lock_stripe(locked);
-      for (uint32_t i = 0; i < nstripes_; ++i) collect(i);
-    } catch (...) {
-      while (locked) unlock_stripe(--locked);
-      throw;
-    }
-    while (locked) unlock_stripe(--locked);
+    AllStripesLock all(this);
+    for (uint32_t i = 0; i < nstripes_; ++i) collect(i);
   } else {
     for (uint32_t i = 0; i < nstripes_; ++i) {
       StripeLock lock(this, i);
@@ -657,13 +642,7 @@ Stats Dict::stats() {
 
 std::vector<std::string> Dict::check_integrity() {
   std::vector<std::string> problems;
-  uint32_t locked = 0;
-  try {
-    for (; locked < nstripes_; ++locked) lock_stripe(locked);
-  } catch (...) {
-    while (locked) unlock_stripe(--locked);
-    throw;
-  }
+  AllStripesLock all(this);
   {
     AllocLock alock(this);
     std::vector<uint8_t> owner(heap_units_, 0);
@@ -745,7 +724,6 @@ std::vector<std::string> Dict::check_integrity() {
       problems.push_back("reserved key count " + std::to_string(hdr_->h_reserved_keys.load()) +
                          " differs from " + std::to_string(total) + " keys");
   }
-  while (locked) unlock_stripe(--locked);
   return problems;
 }
 

@@ -124,6 +124,7 @@ class Dict {
   Dict(std::string name, uint8_t* base, uint64_t size);
   friend class StripeLock;
   friend class AllocLock;
+  friend class AllStripesLock;
 
   struct Probe {
     bool found = false;

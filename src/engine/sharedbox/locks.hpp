@@ -27,6 +27,30 @@ class StripeLock {
   bool held_ = true;
 };
 
+// Every stripe lock, taken in ascending order (the global lock order) and
+// released in reverse; if taking one fails, those already held are released.
+class AllStripesLock {
+ public:
+  explicit AllStripesLock(Dict* d) : d_(d) {
+    try {
+      for (; held_ < d_->stripe_count(); ++held_) d_->lock_stripe(held_);
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~AllStripesLock() { release(); }
+  AllStripesLock(const AllStripesLock&) = delete;
+  AllStripesLock& operator=(const AllStripesLock&) = delete;
+
+ private:
+  void release() {
+    while (held_) d_->unlock_stripe(--held_);
+  }
+  Dict* d_;
+  uint32_t held_ = 0;
+};
+
 class AllocLock {
  public:
   explicit AllocLock(Dict* d) : d_(d) { d_->lock_alloc(); }
