@@ -27,6 +27,11 @@ inline void cpu_relax() {
 
 inline uint64_t tag_of(uint64_t hash) { return (hash >> 16) & 0x3FFFFFu; }
 
+// Heap units of a table of 2^log2cap slots.
+inline uint64_t table_units(uint32_t log2cap) {
+  return ((uint64_t(1) << log2cap) * sizeof(Slot) + kUnit - 1) / kUnit;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -295,16 +300,14 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
   Journal& j = s.s_journal;
   uint32_t lg = kMinTableLog2;
   while ((uint64_t(1) << lg) < want_keys * 2) ++lg;
-  uint64_t cap = uint64_t(1) << lg;
-  uint64_t units = (cap * sizeof(Slot) + kUnit - 1) / kUnit;
+  uint64_t units = table_units(lg);
   if (units > heap_units_)
     throw Error(Errc::SegmentFull, "the segment is too small for an index of this many keys");
 
   uint64_t old_ref = s.s_table_ref.load(std::memory_order_relaxed);
   j.j_table.store(old_ref, std::memory_order_relaxed);
   j.j_old.store(old_ref ? table_offset(old_ref) : 0, std::memory_order_relaxed);
-  j.j_old_units.store(old_ref ? ((uint64_t(1) << table_log2(old_ref)) * sizeof(Slot) + kUnit - 1) / kUnit : 0,
-                      std::memory_order_relaxed);
+  j.j_old_units.store(old_ref ? table_units(table_log2(old_ref)) : 0, std::memory_order_relaxed);
   j.j_new.store(0, std::memory_order_relaxed);
   j.j_new_units.store(units, std::memory_order_relaxed);
   j.j_count.store(s.s_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
@@ -573,23 +576,32 @@ void Dict::recover_stripe(uint32_t i) {
 // ---------------------------------------------------------------------------
 // Whole-dict operations.
 
+// Calls fn(record, key_len, value_len) for every live record of stripe i,
+// whose lock the caller holds.
+template <class Fn>
+void Dict::for_each_record(uint32_t i, Fn&& fn) const {
+  uint64_t ref = stripe(i).s_table_ref.load(std::memory_order_relaxed);
+  if (!ref) return;
+  Slot* slots = table_slots(ref);
+  if (!slots) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
+  uint64_t cap = uint64_t(1) << table_log2(ref);
+  for (uint64_t n = 0; n < cap; ++n) {
+    uint64_t c = slots[n].load(std::memory_order_relaxed);
+    if (slot_state(c) != kSlotFull) continue;
+    uint64_t kl, vl;
+    const RecordHeader* r = record(slot_record(c), &kl, &vl);
+    if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+    fn(r, kl, vl);
+  }
+}
+
 std::vector<std::string> Dict::keys(bool atomic) {
   std::vector<std::string> out;
   out.reserve(std::min(size(), max_keys_));  // counts may be corrupt: never trust them for a size
   auto collect = [&](uint32_t i) {
-    uint64_t ref = stripe(i).s_table_ref.load(std::memory_order_relaxed);
-    if (!ref) return;
-    Slot* slots = table_slots(ref);
-    if (!slots) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
-    uint64_t cap = uint64_t(1) << table_log2(ref);
-    for (uint64_t n = 0; n < cap; ++n) {
-      uint64_t c = slots[n].load(std::memory_order_relaxed);
-      if (slot_state(c) != kSlotFull) continue;
-      uint64_t kl, vl;
-      const RecordHeader* r = record(slot_record(c), &kl, &vl);
-      if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+    for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t) {
       out.emplace_back(reinterpret_cast<const char*>(r) + kHeaderBytes, kl);
-    }
+    });
   };
   if (atomic) {
     AllStripesLock all(this);
@@ -614,21 +626,12 @@ Stats Dict::stats() {
     Stripe& s = stripe(i);
     st.entries += s.s_count.load(std::memory_order_relaxed);
     uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
-    if (!ref) continue;
-    Slot* slots = table_slots(ref);
-    if (!slots) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
-    uint64_t cap = uint64_t(1) << table_log2(ref);
-    st.table_bytes += (cap * sizeof(Slot) + kUnit - 1) / kUnit * kUnit;
-    for (uint64_t n = 0; n < cap; ++n) {
-      uint64_t c = slots[n].load(std::memory_order_relaxed);
-      if (slot_state(c) != kSlotFull) continue;
-      uint64_t kl, vl;
-      const RecordHeader* r = record(slot_record(c), &kl, &vl);
-      if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+    if (ref) st.table_bytes += table_units(table_log2(ref)) * kUnit;
+    for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t vl) {
       st.key_bytes += kl;
       st.value_bytes += vl;
       st.record_bytes += r->r_units * kUnit;
-    }
+    });
   }
   {
     AllocLock lock(this);
@@ -676,7 +679,7 @@ std::vector<std::string> Dict::check_integrity() {
           continue;
         }
         uint64_t cap = uint64_t(1) << table_log2(ref);
-        claim(table_offset(ref), (cap * sizeof(Slot) + kUnit - 1) / kUnit, "table");
+        claim(table_offset(ref), table_units(table_log2(ref)), "table");
         bool has_empty = false;
         for (uint64_t n = 0; n < cap; ++n) {
           uint64_t c = slots[n].load();

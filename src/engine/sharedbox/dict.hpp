@@ -140,6 +140,8 @@ class Dict {
   Slot* table_slots(uint64_t ref) const;  // nullptr if ref is out of bounds
   const RecordHeader* record(uint64_t off, uint64_t* klen, uint64_t* vlen) const;
   bool record_matches(uint64_t off, const KeyRef& k) const;
+  template <class Fn>
+  void for_each_record(uint32_t i, Fn&& fn) const;
   uint64_t off_of(const void* p) const { return uint64_t(static_cast<const uint8_t*>(p) - base_); }
 
   void lock_stripe(uint32_t i);
