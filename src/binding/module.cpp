@@ -720,20 +720,16 @@ NB_MODULE(_core, m) {
   m.attr("PAGE_BYTES") = sbx::kPage;
 
   m.def("_set_error_types", [](nb::dict types) {
-    for (size_t i = 0; i < sizeof(kErrorNames) / sizeof(kErrorNames[0]); ++i) {
-      if (types.contains(kErrorNames[i])) {
-        nb::object t = types[kErrorNames[i]];
-        g.errors[i] = t.inc_ref().ptr();
+    auto take = [&](const char* name, int index) {
+      if (types.contains(name)) {
+        nb::object t = types[name];
+        g.errors[index] = t.inc_ref().ptr();
       }
-    }
-    if (types.contains("Closed")) {
-      nb::object t = types["Closed"];
-      g.errors[kClosedIndex] = t.inc_ref().ptr();
-    }
-    if (types.contains("PickleRefused")) {
-      nb::object t = types["PickleRefused"];
-      g.errors[kPickleRefusedIndex] = t.inc_ref().ptr();
-    }
+    };
+    for (size_t i = 0; i < sizeof(kErrorNames) / sizeof(kErrorNames[0]); ++i)
+      take(kErrorNames[i], int(i));
+    take("Closed", kClosedIndex);
+    take("PickleRefused", kPickleRefusedIndex);
   });
   m.def("_set_codec", [](nb::object dumps, nb::object loads, nb::object array_header,
                          nb::object array_new) {
