@@ -247,7 +247,9 @@ class SharedDict(_core.SharedDictCore):
     def get_stats(self) -> dict:
         """Entry counts, sizes and space use.  Every entry is measured (the
         record headers hold the sizes), so sample_size equals total_entries."""
-        raw = self._stats()
+        return self._summarise(self._stats())
+
+    def _summarise(self, raw: dict) -> dict:
         n = raw["entries"]
         return {
             "total_entries": n,
@@ -273,8 +275,8 @@ class SharedDict(_core.SharedDictCore):
         the current ones (default: max_keys).  A SharedDict created with
         ``size=...['sizing_recommendation']['total_segment_size']`` and
         ``max_keys=target_entries`` holds that many such entries."""
-        stats = self.get_stats()
-        raw = self._stats()
+        raw = self._stats()  # one scan serves both the summary and the sizing
+        stats = self._summarise(raw)
         if target_entries is None:
             target_entries = max(self.max_keys, stats["total_entries"], 1)
         _check_int("target_entries", target_entries, 1)
