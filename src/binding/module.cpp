@@ -12,6 +12,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstring>
@@ -458,6 +459,97 @@ class Sink : public sbx::ValueSink {
 };
 
 // ---------------------------------------------------------------------------
+// Read-only views for the command-line tool (sharedbox._cli).
+
+// The identity block of a segment, from the first bytes of its file (read with
+// read(2), not mapped): None unless they start with kMagic.  For another
+// layout version only the version is returned, since the rest of the header
+// may mean something else there.  A snapshot: nothing is locked, and the
+// fields are only trustworthy once `ready` is true.
+nb::object peek_header(nb::bytes data) {
+  const auto* p = reinterpret_cast<const uint8_t*>(data.c_str());
+  size_t n = data.size();
+  auto field = [&](size_t off, auto zero) {
+    decltype(zero) v;
+    std::memcpy(&v, p + off, sizeof v);
+    return v;
+  };
+  using H = sbx::SegmentHeader;
+  if (n < offsetof(H, h_version) + 4 || field(offsetof(H, h_magic), uint64_t()) != sbx::kMagic)
+    return nb::none();
+  nb::dict r;
+  uint32_t version = field(offsetof(H, h_version), uint32_t());
+  r["version"] = version;
+  if (version != sbx::kLayoutVersion || n < sizeof(H)) return r;
+  r["ready"] = field(offsetof(H, h_ready), uint32_t()) == sbx::kReadyMark;
+  r["creator_pid"] = field(offsetof(H, h_creator_pid), uint32_t());
+  r["created_unix_ns"] = field(offsetof(H, h_created_unix_ns), uint64_t());
+  r["segment_bytes"] = field(offsetof(H, h_segment_bytes), uint64_t());
+  r["max_keys"] = field(offsetof(H, h_max_keys), uint64_t());
+  r["stripes"] = field(offsetof(H, h_stripes), uint32_t());
+  r["mode"] = field(offsetof(H, h_mode), uint32_t());
+  r["heap_bytes"] = field(offsetof(H, h_heap_units), uint64_t()) * sbx::kUnit;
+  // The allocator's own count (what get_stats() reads under its lock).
+  r["used_bytes"] =
+      field(offsetof(H, h_alloc) + offsetof(sbx::AllocState, a_used_units), uint64_t()) *
+      sbx::kUnit;
+  return r;
+}
+
+// Keeps only what describing a value needs: its stored length and, for an
+// array, its header.  Nothing is decoded, so a pickled value is never loaded.
+class PeekSink : public sbx::ValueSink {
+ public:
+  void take(const uint8_t* v, uint64_t n, uint64_t segment_off, bool) override {
+    // The longest array header: fixed part, 64 dimensions, a 64 KiB descr.
+    constexpr uint64_t kMaxHead =
+        codec::kArrayFixedHeader + codec::kArrayMaxDims * 8 + 0xFFFF;
+    len_ = n;
+    segment_off_ = segment_off;
+    head_.assign(reinterpret_cast<const char*>(v), size_t(std::min(n, kMaxHead)));
+  }
+  void reset() override {
+    len_ = 0;
+    head_.clear();
+  }
+
+  // (type name, stored bytes, dtype descr or None, shape or None)
+  nb::tuple describe() const {
+    if (len_ == 0) throw_corrupt_value();
+    const auto* v = reinterpret_cast<const uint8_t*>(head_.data());
+    const char* type = nullptr;
+    switch (v[0]) {
+      case codec::kNone: type = "None"; break;
+      case codec::kFalse:
+      case codec::kTrue: type = "bool"; break;
+      case codec::kInt64: type = "int"; break;
+      case codec::kFloat64: type = "float"; break;
+      case codec::kStr: type = "str"; break;
+      case codec::kBytes: type = "bytes"; break;
+      case codec::kPickle: type = "pickle"; break;
+      case codec::kNdarray: {
+        // parse_array reads only the header, which head_ holds whole; len_
+        // is the full value length it checks the data size against.
+        ArrayHeader h;
+        if (!parse_array(v, len_, segment_off_, &h)) throw_corrupt_value();
+        nb::object shape = nb::steal(PyTuple_New(h.ndim));
+        for (uint32_t i = 0; i < h.ndim; ++i)
+          PyTuple_SET_ITEM(shape.ptr(), i, PyLong_FromUnsignedLongLong(h.shape[i]));
+        return nb::make_tuple("ndarray", len_, nb::bytes(h.descr, h.descr_len), shape);
+      }
+      default:
+        throw_corrupt_value();
+    }
+    return nb::make_tuple(type, len_, nb::none(), nb::none());
+  }
+
+ private:
+  std::string head_;
+  uint64_t len_ = 0;
+  uint64_t segment_off_ = 0;
+};
+
+// ---------------------------------------------------------------------------
 // The handle.
 
 class Core {
@@ -518,6 +610,15 @@ class Core {
     *found = d->get(k, sink);
     if (!*found) return nb::object();
     return sink.decode();
+  }
+
+  // What dump needs about a value, without decoding it; None if key is absent.
+  nb::object value_info(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    PeekSink sink;
+    if (!d->get(d->key(kb.data, size_t(kb.len)), sink)) return nb::none();
+    return sink.describe();
   }
 
   bool contains(PyObject* key) {
@@ -711,6 +812,7 @@ NB_MODULE(_core, m) {
   });
 
   m.attr("LAYOUT_VERSION") = sbx::kLayoutVersion;
+  m.attr("SEGMENT_MAGIC") = sbx::kMagic;  // the header's first 8 bytes, little-endian
   // Where the robust mutexes sit, for tools and tests that write raw bytes.
   m.attr("ALLOC_MUTEX_OFFSET") =
       offsetof(sbx::SegmentHeader, h_alloc) + offsetof(sbx::AllocState, a_mutex);
@@ -742,6 +844,8 @@ NB_MODULE(_core, m) {
         "max_keys"_a, "The stripe count a SharedDict with this max_keys gets by default.");
   m.def("heap_bytes_for", &sbx::heap_bytes_for, "size"_a, "stripes"_a,
         "Bytes of a segment of this size left for records and index tables.");
+  m.def("_peek_header", &peek_header, "data"_a,
+        "The identity fields of a segment's header, given its first bytes (None if foreign).");
   m.def("unlink_segment", [](const std::string& name) { sbx::Dict::unlink(name); }, "name"_a,
         "Removes the shared memory segment of this name.");
 
@@ -773,6 +877,8 @@ NB_MODULE(_core, m) {
       .def("_discard", [](Core& c, nb::handle key) { return c.erase(key.ptr(), false, nullptr); },
            "key"_a.none())
       .def("_keys", &Core::keys, "atomic"_a)
+      .def("_value_info", [](Core& c, nb::handle key) { return c.value_info(key.ptr()); },
+           "key"_a.none(), "(type, stored bytes, dtype descr, shape) of key's value, or None.")
       .def("_stats", &Core::stats)
       .def("_check_integrity", &Core::check)
       .def("close", &Core::close,
