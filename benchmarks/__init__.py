@@ -1,0 +1,1 @@
+"""The benchmark suite: sharedbox against what people use instead (run.py)."""

@@ -1,0 +1,325 @@
+"""Tables, targets and the plot, from the results that run.py collected."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+
+# metric -> (row title, unit).  Unit "ns" is per operation; lower is better.
+SMALL_ROWS = [
+    ("get_str", "get, str value"),
+    ("get_int", "get, int value"),
+    ("get_dict", "get, small dict value"),
+    ("set_str", "set, str value"),
+    ("set_int", "set, int value"),
+    ("set_dict", "set, small dict value"),
+    ("contains_hit", "`in`, present"),
+    ("contains_miss", "`in`, absent"),
+    ("delete", "delete"),
+    ("mix_90_10", "90% get / 10% set"),
+]
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def median(samples):
+    return statistics.median(samples)
+
+
+def spread(samples) -> str:
+    """Half the min-max range, as a percentage of the median."""
+    m = median(samples)
+    if len(samples) < 2 or not m:
+        return ""
+    return f" ±{(max(samples) - min(samples)) / 2 / m * 100:.0f}%"
+
+
+def fmt_ns(ns: float) -> str:
+    if ns >= 1e6:
+        return f"{ns / 1e6:.1f} ms"
+    if ns >= 1e4:
+        return f"{ns / 1e3:.0f} µs"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f} µs"
+    return f"{ns:.0f} ns"
+
+
+def fmt_ratio(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}×"
+    if x >= 10:
+        return f"{x:.0f}×"
+    return f"{x:.2f}×"
+
+
+def _table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _get(data, job, system, metric):
+    samples = data["results"].get(job, {}).get(system, {}).get(metric)
+    return median(samples) if samples else None
+
+
+def ratio(data, job, metric, a, b):
+    x, y = _get(data, job, a, metric), _get(data, job, b, metric)
+    return x / y if x and y else None
+
+
+# -- the targets of DESIGN.md, each one ratio from this run ----------------------
+def targets(data) -> list:
+    out = []
+
+    def add(what, value, goal, ok):
+        out.append((what, "not measured" if value is None else value, goal,
+                    "—" if value is None else ("met" if ok else "**not met**")))
+
+    for kind in ("str", "int"):
+        r = ratio(data, "small", f"get_{kind}", "sharedbox", "dict")
+        add(f"small get ({kind}), read by another process ÷ dict get",
+            r and fmt_ratio(r), "≤ 5×", r is not None and r <= 5)
+    for kind in ("str", "int"):
+        r = ratio(data, "small", f"set_{kind}", "sharedbox", "dict")
+        add(f"small set ({kind}) ÷ dict set", r and fmt_ratio(r), "≤ 10×", r is not None and r <= 10)
+    r = ratio(data, "small", "get_str", "lmdb", "sharedbox")
+    add("py-lmdb get in one read txn (with unpickling) ÷ sharedbox get",
+        r and fmt_ratio(r), "> 1×", r is not None and r > 1)
+    for op in ("get", "set"):
+        r = ratio(data, "small", f"{op}_str", "manager", "sharedbox")
+        add(f"Manager().dict() {op} ÷ sharedbox {op}", r and fmt_ratio(r), "≥ 200×",
+            r is not None and r >= 200)
+    mib = max(data["config"].get("array_mib", [64]))
+    for op, side in (("get", "r"), ("set", "w")):
+        bw = _get(data, "numpy", "sharedbox", f"{op}_{mib}MiB")
+        floor = _get(data, "numpy", "sharedbox", f"copy_{side}_{mib}MiB")
+        r = bw / floor if bw and floor else None
+        add(f"NumPy {mib} MiB {op} ÷ `arr.copy()` bandwidth (same process)",
+            r and f"{r * 100:.0f}% ({bw:.1f} vs {floor:.1f} GB/s)", "≥ 70%",
+            r is not None and r >= 0.7)
+    one = _get(data, "scale_read", "sharedbox", "readers_1")
+    two = _get(data, "scale_read", "sharedbox", "readers_2")
+    r = two / one if one and two else None
+    add("2 reader processes ÷ 1 (aggregate small gets)", r and fmt_ratio(r), "≥ 1.7×",
+        r is not None and r >= 1.7)
+    return out
+
+
+# -- markdown ------------------------------------------------------------------------
+def markdown(data) -> str:
+    labels = data["labels"]
+    cfg = data["config"]
+    m = data["machine"]
+    parts = []
+    parts.append(
+        f"Run {m['date']} on {m['cpu']}, {m['usable_cpus']} usable CPUs of {m['cpus']}, "
+        f"{m['memory']} RAM, {m['os']}, Python {m['python']}; /dev/shm free: "
+        f"{m['dev_shm_free']}. Each figure is the median of {cfg['repeats']} repeats; "
+        f"± is half the min–max range. Whole run: {data.get('seconds', '?')} s.\n\n"
+    )
+    parts.append("### Targets\n")
+    parts.append(_table(["target", "this run", "goal", ""], [list(t) for t in targets(data)]))
+
+    small = data["results"].get("small", {})
+    if small:
+        cols = [s for s in small]
+        parts.append(
+            f"\n### Small operations: time per operation\n\n{cfg['n']:,} keys of each kind "
+            "(str, int, small dict values); values written by the owner process and read "
+            "by a second process; keys in random order. Slow systems time fewer operations "
+            "(Manager 1/10, Redis 1/4, shared-memory-dict 1/200) over the same data.\n\n"
+        )
+        rows = []
+        for metric, title in SMALL_ROWS:
+            row = [title]
+            for s in cols:
+                samples = small[s].get(metric)
+                row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
+            rows.append(row)
+        it = data["results"].get("iterate", {})
+        if it:
+            row = [f"iterate {cfg['iter_keys']:,} keys (whole loop)"]
+            for s in cols:
+                samples = it.get(s, {}).get("iterate")
+                row.append(fmt_ns(median(samples) * cfg["iter_keys"]) + spread(samples)
+                           if samples else "—")
+            rows.append(row)
+        row = ["attach to an existing store"]
+        for s in cols:
+            samples = small[s].get("attach")
+            row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
+        rows.append(row)
+        parts.append(_table(["operation"] + [labels[s] for s in cols], rows))
+
+        for base, title in (("dict", "Ratio to the in-process dict (lower is better)"),
+                            ("sharedbox", "Each system's time ÷ sharedbox's "
+                                          "(above 1: sharedbox is faster)")):
+            if base not in small:
+                continue
+            parts.append(f"\n### {title}\n\n")
+            rows = []
+            for metric, rtitle in SMALL_ROWS + [("iterate", "iterate (per key)")]:
+                job = "iterate" if metric == "iterate" else "small"
+                row = [rtitle]
+                for s in cols:
+                    r = ratio(data, job, metric, s, base)
+                    row.append(fmt_ratio(r) if r else "—")
+                rows.append(row)
+            parts.append(_table(["operation"] + [labels[s] for s in cols], rows))
+
+    arrays = data["results"].get("numpy", {})
+    if arrays:
+        mibs = cfg["array_mib"]
+        parts.append(
+            "\n### NumPy arrays: bandwidth (GB/s, higher is better)\n\n`set` in the owner "
+            "process, `get` (a new array) in a second process; `arr.copy()` measured in "
+            "the same processes is the floor.\n\n"
+        )
+        header = ["system"] + [f"{op} {mib} MiB" for mib in mibs for op in ("set", "get")]
+        rows = []
+        first = next(iter(arrays.values()))
+        floor = ["`arr.copy()`"]
+        for mib in mibs:
+            for side in ("w", "r"):
+                samples = first.get(f"copy_{side}_{mib}MiB")
+                floor.append(f"{median(samples):.1f}{spread(samples)}" if samples else "—")
+        rows.append(floor)
+        for s, res in arrays.items():
+            row = [labels[s]]
+            for mib in mibs:
+                for op in ("set", "get"):
+                    samples = res.get(f"{op}_{mib}MiB")
+                    row.append(f"{median(samples):.2f}{spread(samples)}" if samples else "—")
+            rows.append(row)
+        parts.append(_table(header, rows))
+
+    for job, what in (("scale_read", "readers"), ("scale_write", "writers")):
+        res = data["results"].get(job, {})
+        if not res:
+            continue
+        counts = cfg[what]
+        parts.append(
+            f"\n### Scaling over {what}: aggregate throughput (million ops/s)\n\n"
+            f"Each process runs {cfg['burst_seconds']} s bursts of small "
+            f"{'gets over shared keys' if what == 'readers' else 'sets over its own keys'};"
+            " the number in brackets is the speed-up over one process. The in-process dict "
+            "row (a private dict per process) shows what the machine itself allows.\n\n"
+        )
+        rows = []
+        for s, r in res.items():
+            one = r.get(f"{what}_1")
+            row = [labels[s]]
+            for c in counts:
+                samples = r.get(f"{what}_{c}")
+                if not samples:
+                    row.append("—")
+                    continue
+                cell = f"{median(samples) / 1e6:.2f}{spread(samples)}"
+                if one and c != 1:
+                    cell += f" ({median(samples) / median(one):.2f}×)"
+                row.append(cell)
+            rows.append(row)
+        parts.append(_table(["system"] + [f"{c} {what}" for c in counts], rows))
+
+    parts.append("\n### Versions\n\n")
+    parts.append("\n".join(f"- {labels[s]}: {v}" for s, v in data["versions"].items()) + "\n")
+    if data["skipped"]:
+        parts.append("\nSkipped: " + "; ".join(f"{labels.get(s, s)} ({why})"
+                                               for s, why in data["skipped"].items()) + "\n")
+    if data["errors"]:
+        parts.append("\nFailed: " + "; ".join(
+            f"{k} ({v.strip().splitlines()[0][:200]})" for k, v in data["errors"].items()) + "\n")
+    return "".join(parts)
+
+
+# -- plot -------------------------------------------------------------------------------
+def plot(data, path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels = data["labels"]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    small = data["results"].get("small", {})
+    ax = axes[0][0]
+    metrics = ["get_str", "set_str", "contains_hit", "mix_90_10"]
+    systems_ = list(small)
+    width = 0.8 / max(1, len(systems_))
+    for i, s in enumerate(systems_):
+        ys = [median(small[s][m]) if small[s].get(m) else 0 for m in metrics]
+        ax.bar([j + i * width for j in range(len(metrics))], ys, width, label=labels[s])
+    ax.set_yscale("log")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
+    ax.set_xticklabels(["get", "set", "in", "90/10 mix"])
+    ax.set_ylabel("ns per operation (log; lower is better)")
+    ax.set_title("Small operations")
+    ax.legend(fontsize=7)
+
+    ax = axes[0][1]
+    arrays = data["results"].get("numpy", {})
+    mibs = data["config"]["array_mib"]
+    cols = [(op, mib) for mib in mibs for op in ("set", "get")]
+    sys_a = list(arrays)
+    width = 0.8 / max(1, len(sys_a))
+    for i, s in enumerate(sys_a):
+        ys = [median(arrays[s][f"{op}_{mib}MiB"]) if arrays[s].get(f"{op}_{mib}MiB") else 0
+              for op, mib in cols]
+        ax.bar([j + i * width for j in range(len(cols))], ys, width, label=labels[s])
+    if arrays:
+        floor = median(next(iter(arrays.values())).get(f"copy_r_{mibs[-1]}MiB", [0]))
+        ax.axhline(floor, color="k", linestyle="--", linewidth=1, label="arr.copy()")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))])
+    ax.set_xticklabels([f"{op} {mib} MiB" for op, mib in cols])
+    ax.set_ylabel("GB/s (higher is better)")
+    ax.set_title("NumPy arrays")
+    ax.legend(fontsize=7)
+
+    for ax, job, what in ((axes[1][0], "scale_read", "readers"),
+                          (axes[1][1], "scale_write", "writers")):
+        res = data["results"].get(job, {})
+        counts = data["config"][what]
+        for s, r in res.items():
+            xs = [c for c in counts if r.get(f"{what}_{c}")]
+            ax.plot(xs, [median(r[f"{what}_{c}"]) / 1e6 for c in xs], marker="o", label=labels[s])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts)
+        ax.set_xticklabels([str(c) for c in counts])
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{what} (processes)")
+        ax.set_ylabel("million ops/s, all processes (log)")
+        ax.set_title(f"Scaling: small {'gets' if what == 'readers' else 'sets'}")
+        ax.legend(fontsize=7)
+    m = data["machine"]
+    fig.suptitle(f"sharedbox benchmarks — {m['cpu']}, {m['usable_cpus']} CPUs, {m['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def update_docs(docs: str, markdown_text: str, plot_path) -> None:
+    """Put the tables between the result markers of docs/benchmarks.md (the
+    prose around them is written by hand) and the plot into docs/img/."""
+    path = os.path.join(docs, "benchmarks.md")
+    block = f"{BEGIN}\n{markdown_text}\n{END}"
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+        if BEGIN in text and END in text:
+            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text,
+                          flags=re.S)
+        else:
+            text += "\n" + block + "\n"
+    else:
+        text = "# Benchmarks\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    if plot_path:
+        os.makedirs(os.path.join(docs, "img"), exist_ok=True)
+        shutil.copyfile(plot_path, os.path.join(docs, "img", "benchmarks.png"))

@@ -1,0 +1,390 @@
+"""Run the benchmark suite: `python -m benchmarks [--quick] [--json PATH] ...`.
+
+Each (workload, system) pair runs in fresh processes: an owner that creates
+the store and times the writes, and readers that attach and time the reads
+(see worker.py).  Results go to benchmarks/results/ (markdown, JSON, PNG);
+`--update-docs` also writes them into docs/benchmarks.md and docs/img/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from benchmarks import report, systems
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OLD_SHAREDBOX = "sharedbox==0.2.4"
+OLD_VENV = os.path.join(ROOT, ".bench-venvs", "sharedbox-0.2.4")
+
+JOBS = {
+    "small": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "lmdb-op", "redis",
+              "manager", "ultradict", "shm-dict"],
+    "iterate": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "redis", "manager",
+                "ultradict", "shm-dict"],
+    "numpy": ["sharedbox", "sharedbox-0.2.4", "shm", "lmdb", "redis", "manager"],
+    "scale_read": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "redis"],
+    "scale_write": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb-op", "redis"],
+}
+
+FULL = dict(n=20_000, min_ops=200, repeats=5, iter_keys=100_000, array_mib=[8, 64],
+            burst_seconds=1.0, scale_keys=5_000, readers=[1, 2, 4], writers=[1, 2])
+QUICK = dict(n=2_000, min_ops=50, repeats=2, iter_keys=5_000, array_mib=[1],
+             burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2])
+
+
+class WorkerFailed(Exception):
+    pass
+
+
+class Worker:
+    """A worker process and the events it prints."""
+
+    def __init__(self, python: str, job: dict, env: dict):
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [python, "-m", "benchmarks.worker", json.dumps(job)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            text=True, cwd=ROOT, env=env,
+        )
+        self.events: "queue.Queue[dict]" = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith("@@"):
+                self.events.put(json.loads(line[2:]))
+        self.events.put({"event": "exit"})
+
+    def expect(self, name: str, timeout: float) -> dict:
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise WorkerFailed(f"no '{name}' from the worker within {timeout:.0f} s") from None
+        if event["event"] == name or event["event"] == "skip":
+            return event
+        if event["event"] == "error":
+            raise WorkerFailed(event["error"] + "\n" + event.get("trace", ""))
+        self.log.seek(0)
+        raise WorkerFailed(f"expected '{name}', got '{event['event']}': {self.log.read()[-2000:]}")
+
+    def send(self, command: str) -> None:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 60) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# -- the environment: redis-server, the old sharedbox's venv ------------------
+class RedisServer:
+    def __init__(self):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise systems.Unavailable(
+                "redis-server not found (Debian: benchmarks/setup.sh installs it)"
+            )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp(prefix="sbxbench-redis-")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise systems.Unavailable("redis-server did not answer within 10 s")
+            time.sleep(0.05)
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+        self.version = next((w[2:] for w in out.split() if w.startswith("v=")), "?")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def old_sharedbox_python(progress) -> str:
+    """The interpreter of a venv holding the old public sharedbox, which has
+    our import name and so cannot share our environment."""
+    python = os.path.join(OLD_VENV, "bin", "python")
+    if not os.path.exists(python):
+        progress(f"creating {os.path.relpath(OLD_VENV, ROOT)} for {OLD_SHAREDBOX} ...")
+        try:
+            import numpy
+
+            subprocess.run([sys.executable, "-m", "venv", OLD_VENV], check=True,
+                           capture_output=True)
+            subprocess.run([python, "-m", "pip", "install", "-q", OLD_SHAREDBOX,
+                            f"numpy=={numpy.__version__}"], check=True, capture_output=True,
+                           text=True)
+        except (subprocess.CalledProcessError, ImportError) as exc:
+            shutil.rmtree(OLD_VENV, ignore_errors=True)
+            detail = getattr(exc, "stderr", "") or str(exc)
+            raise systems.Unavailable(f"could not install {OLD_SHAREDBOX}: {detail.strip()[-300:]}")
+    return python
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            mem = f"{int(f.readline().split()[1]) / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    shm = shutil.disk_usage("/dev/shm")
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "memory": mem,
+        "dev_shm_free": f"{shm.free / 2**30:.1f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+# -- running one (job, system) pair ---------------------------------------------
+class Runner:
+    def __init__(self, cfg: dict, env: dict, pythons: dict, progress):
+        self.cfg, self.env, self.pythons, self.progress = cfg, env, pythons, progress
+        self.prefix = f"sbxbench{os.getpid()}"
+        self.counter = 0
+
+    def spec(self, job: str, system: str, role: str, **extra) -> dict:
+        segment = 1 << 30 if job == "numpy" else 256 << 20
+        n = self.cfg["n"]
+        return dict(self.cfg, job=job, system=system, role=role,
+                    name=f"{self.prefix}_{self.counter}", segment_bytes=segment,
+                    max_keys=max(4 * n, 2 * self.cfg["iter_keys"], 64 * self.cfg["scale_keys"]),
+                    **extra)
+
+    def start(self, spec: dict) -> Worker:
+        return Worker(self.pythons.get(spec["system"], sys.executable), spec, self.env)
+
+    def run(self, job: str, system: str) -> dict:
+        self.counter += 1
+        timeout = 900
+        workers = []
+        owner = self.start(self.spec(job, system, "owner"))
+        workers.append(owner)
+        try:
+            first = owner.expect("version", timeout)
+            if first["event"] == "skip":
+                return {"skip": first["reason"]}
+            out = {"version": first["version"], "results": {}}
+            out["results"].update(owner.expect("ready", timeout)["results"])
+            if job in ("small", "iterate", "numpy"):
+                reader = self.start(self.spec(job, system, "reader"))
+                workers.append(reader)
+                reader.expect("version", timeout)
+                out["results"].update(reader.expect("result", timeout)["results"])
+                reader.finish()
+                if job == "small":
+                    owner.send("delete")
+                    out["results"].update(owner.expect("result", timeout)["results"])
+            else:
+                out["results"].update(self.scale(job, system, workers, timeout))
+            owner.send("stop")
+            owner.finish()
+            if owner.proc.returncode:
+                owner.expect("exit", 10)  # raises with the worker's own error, if it sent one
+                raise WorkerFailed(f"owner exited with status {owner.proc.returncode}")
+            return out
+        finally:
+            for w in workers:
+                w.kill()
+
+    def scale(self, job: str, system: str, workers: list, timeout: float) -> dict:
+        role, levels, label = (
+            ("scale_reader", self.cfg["readers"], "readers")
+            if job == "scale_read" else ("scale_writer", self.cfg["writers"], "writers")
+        )
+        results = {}
+        for count in levels:
+            group = [self.start(self.spec(job, system, role, index=i)) for i in range(count)]
+            workers.extend(group)
+            for w in group:
+                w.expect("version", timeout)
+                w.expect("attached", timeout)
+            samples = []
+            for _ in range(self.cfg["repeats"]):
+                for w in group:
+                    w.send(f"go {self.cfg['burst_seconds']}")
+                bursts = [w.expect("burst", timeout) for w in group]
+                samples.append(sum(b["ops"] / b["seconds"] for b in bursts))
+            for w in group:
+                w.send("stop")
+                w.finish()
+            results[f"{label}_{count}"] = samples
+        return results
+
+    def cleanup(self) -> None:
+        """Remove whatever a failed worker left in /dev/shm."""
+        for path in glob.glob(f"/dev/shm/*{self.prefix}_*"):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="a smoke run: small sizes, 2 repeats")
+    p.add_argument("--json", metavar="PATH", help="also write the raw results as JSON ('-': stdout)")
+    p.add_argument("--systems", help="comma-separated subset, e.g. dict,sharedbox,lmdb")
+    p.add_argument("--jobs", help=f"comma-separated subset of {','.join(JOBS)}")
+    p.add_argument("--repeats", type=int, help="repeats per figure (median reported)")
+    p.add_argument("--readers", help="reader process counts, e.g. 1,2,4,8,16")
+    p.add_argument("--writers", help="writer process counts, e.g. 1,2,4")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
+                   help="folder for results.md, results.json and benchmarks.png")
+    p.add_argument("--update-docs", action="store_true",
+                   help="write the tables into docs/benchmarks.md and the plot into docs/img/")
+    p.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.repeats:
+        cfg["repeats"] = args.repeats
+    for name in ("readers", "writers"):
+        if getattr(args, name):
+            cfg[name] = [int(x) for x in getattr(args, name).split(",")]
+    jobs = args.jobs.split(",") if args.jobs else list(JOBS)
+    wanted = set(args.systems.split(",")) if args.systems else set(systems.SYSTEMS)
+    for name in jobs:
+        if name not in JOBS:
+            print(f"unknown job {name!r}; choose from {', '.join(JOBS)}", file=sys.stderr)
+            return 2
+    unknown = wanted - set(systems.SYSTEMS)
+    if unknown:
+        print(f"unknown systems {sorted(unknown)}; choose from {', '.join(systems.SYSTEMS)}",
+              file=sys.stderr)
+        return 2
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    data = {"machine": machine(), "config": cfg, "versions": {}, "skipped": {}, "errors": {},
+            "results": {job: {} for job in jobs}, "labels": systems.labels()}
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    pythons = {}
+    redis = None
+    needed = {s for job in jobs for s in JOBS[job] if s in wanted}
+    if "redis" in needed:
+        try:
+            redis = RedisServer()
+            env["SBX_BENCH_REDIS_PORT"] = str(redis.port)
+            env["SBX_BENCH_REDIS_VERSION"] = redis.version
+        except systems.Unavailable as exc:
+            data["skipped"]["redis"] = str(exc)
+    if "sharedbox-0.2.4" in needed:
+        try:
+            pythons["sharedbox-0.2.4"] = old_sharedbox_python(progress)
+        except systems.Unavailable as exc:
+            data["skipped"]["sharedbox-0.2.4"] = str(exc)
+
+    pairs = [(job, s) for job in jobs for s in JOBS[job]
+             if s in needed and s not in data["skipped"]]
+    runner = Runner(cfg, env, pythons, progress)
+    started = time.monotonic()
+    try:
+        for i, (job, system) in enumerate(pairs, 1):
+            t0 = time.monotonic()
+            progress(f"[{i:2d}/{len(pairs)}] {job:<11} {system:<16} ...")
+            try:
+                out = runner.run(job, system)
+            except WorkerFailed as exc:
+                data["errors"][f"{job}/{system}"] = str(exc)
+                progress(f"        FAILED: {str(exc).strip().splitlines()[-1]}")
+                continue
+            if "skip" in out:
+                data["skipped"][system] = out["skip"]
+                progress(f"        skipped: {out['skip']}")
+                continue
+            data["versions"][system] = out["version"]
+            data["results"][job][system] = out["results"]
+            progress(f"        {time.monotonic() - t0:5.1f} s"
+                     f"   (elapsed {time.monotonic() - started:.0f} s)")
+    finally:
+        runner.cleanup()
+        if redis is not None:
+            redis.stop()
+
+    data["seconds"] = round(time.monotonic() - started, 1)
+    markdown = report.markdown(data)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(markdown)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    plot_path = None
+    if not args.no_plot:
+        plot_path = os.path.join(args.out, "benchmarks.png")
+        if not report.plot(data, plot_path):
+            plot_path = None
+    if args.json == "-":
+        json.dump(data, sys.stdout, indent=1)
+    elif args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+    if args.update_docs:
+        report.update_docs(os.path.join(ROOT, "docs"), markdown, plot_path)
+    if args.json != "-":
+        print(markdown)
+    for key, err in data["errors"].items():
+        print(f"error in {key}: {err}", file=sys.stderr)
+    return 1 if data["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""One benchmark process: `python -m benchmarks.worker '<job json>'`.
+
+The parent (benchmarks/run.py) starts one owner process per (job, system),
+which creates the store and times the writes, then one or more other
+processes that attach to it and time the reads: a value is always read by a
+process other than the one that wrote it.
+
+Protocol: the worker prints events as lines ``@@{json}`` on stdout (other
+output is ignored) and reads commands, one per line, from stdin.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import sys
+import time
+import traceback
+
+from benchmarks import systems
+
+KINDS = ("str", "int", "dict")
+
+
+# -- the data every process derives from the job, so nothing is shipped -----
+def small_keys(kind: str, n: int) -> list:
+    return [f"{kind}:{i:07d}" for i in range(n)]
+
+
+def small_values(kind: str, n: int, round_: int) -> list:
+    if kind == "str":
+        return [f"value-{i:07d}-r{round_}" for i in range(n)]
+    if kind == "int":
+        return [i * 1_000_003 + round_ for i in range(n)]  # beyond the small-int cache
+    return [{"id": i, "round": round_, "name": f"sensor-{i}", "ok": True} for i in range(n)]
+
+
+def expected_value(kind: str, i: int, ops: int, repeats: int):
+    """After the owner's timed set rounds: the first `ops` keys hold round
+    `repeats`, the rest still hold round 0."""
+    return small_values(kind, i + 1, repeats if i < ops else 0)[i]
+
+
+def ops_for(job: dict, system: systems.System) -> int:
+    return max(job["min_ops"], job["n"] // system.slow_factor)
+
+
+def emit(event: str, **data) -> None:
+    sys.stdout.write("@@" + json.dumps({"event": event, **data}) + "\n")
+    sys.stdout.flush()
+
+
+def command() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise SystemExit(0)  # the parent went away
+    return line.strip()
+
+
+def timed(fn, *args):
+    """(nanoseconds, result) of one call, with the cyclic GC off as timeit does."""
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter_ns()
+        result = fn(*args)
+        return time.perf_counter_ns() - t0, result
+    finally:
+        gc.enable()
+
+
+def per_op(fn, args, ops: int, repeats: int, check=None) -> list:
+    samples = []
+    for _ in range(repeats):
+        ns, result = timed(fn, *args)
+        if check is not None:
+            check(result)
+        samples.append(ns / ops)
+    return samples
+
+
+def require(ok: bool, what: str) -> None:
+    if not ok:
+        raise AssertionError(f"wrong result: {what}")
+
+
+# -- small operations --------------------------------------------------------
+def load_small(system, job, final: bool) -> None:
+    """The data the owner leaves behind (final) or starts with (not final)."""
+    ops = ops_for(job, system)
+    for kind in KINDS:
+        keys = small_keys(kind, job["n"])
+        system.fill(keys, small_values(kind, job["n"], 0))
+        if final:
+            system.fill(keys[:ops], small_values(kind, ops, job["repeats"]))
+
+
+def owner_small(system, job) -> None:
+    n, repeats = job["n"], job["repeats"]
+    ops = ops_for(job, system)
+    load_small(system, job, final=False)
+    results = {}
+    for kind in KINDS:
+        keys = small_keys(kind, ops)
+        samples = []
+        for round_ in range(1, repeats + 1):
+            values = small_values(kind, ops, round_)
+            ns, _ = timed(system.set_loop, keys, values)
+            samples.append(ns / ops)
+        results[f"set_{kind}"] = samples
+    emit("ready", results=results, ops=ops)
+
+    require(command() == "delete", "protocol")
+    keys = small_keys("str", ops)
+    values = small_values("str", ops, repeats)
+    samples = []
+    for _ in range(repeats):
+        ns, _ = timed(system.delete_loop, keys)
+        samples.append(ns / ops)
+        system.fill(keys, values)
+    require(len(keys) <= n, "ops")
+    emit("result", results={"delete": samples})
+
+
+def reader_small(system, job) -> None:
+    repeats = job["repeats"]
+    ops = ops_for(job, system)
+    if not system.shared:
+        load_small(system, job, final=True)
+    order = list(range(ops))
+    random.Random(7).shuffle(order)
+    results = {}
+    for kind in KINDS:
+        all_keys = small_keys(kind, job["n"])
+        keys = [all_keys[i] for i in order]
+        want = expected_value(kind, order[-1], ops, repeats)
+        results[f"get_{kind}"] = per_op(
+            system.get_loop, (keys,), ops, repeats,
+            check=lambda v, want=want, kind=kind: require(v == want, f"get_{kind}"),
+        )
+    str_keys = [small_keys("str", job["n"])[i] for i in order]
+    results["contains_hit"] = per_op(
+        system.contains_loop, (str_keys,), ops, repeats,
+        check=lambda hits: require(hits == ops, "contains hit"),
+    )
+    missing = [f"missing:{i:07d}" for i in order]
+    results["contains_miss"] = per_op(
+        system.contains_loop, (missing,), ops, repeats,
+        check=lambda hits: require(hits == 0, "contains miss"),
+    )
+    rng = random.Random(11)
+    mix = [
+        (k, None if rng.random() < 0.9 else f"mixed-{i}") for i, k in enumerate(str_keys)
+    ]
+    results["mix_90_10"] = per_op(system.mix_loop, (mix,), ops, repeats)
+    if system.shared:
+        samples = []
+        for _ in range(repeats):
+            other = systems.make(job["system"])
+            t0 = time.perf_counter_ns()
+            other.attach(job["name"], job)
+            samples.append(time.perf_counter_ns() - t0)
+            other.close()
+        results["attach"] = samples
+    emit("result", results=results)
+
+
+# -- iteration -----------------------------------------------------------------
+def owner_iterate(system, job) -> None:
+    keys = [f"it:{i:07d}" for i in range(job["iter_keys"])]
+    system.fill(keys, list(range(len(keys))))
+    emit("ready", results={})
+
+
+def reader_iterate(system, job) -> None:
+    count = job["iter_keys"]
+    if not system.shared:
+        system.fill([f"it:{i:07d}" for i in range(count)], list(range(count)))
+    samples = per_op(
+        system.iterate, (), count, job["repeats"],
+        check=lambda n: require(n == count, f"iterated {n} of {count} keys"),
+    )
+    emit("result", results={"iterate": samples})
+
+
+# -- NumPy arrays ----------------------------------------------------------------
+def _array(nbytes: int):
+    import numpy as np
+
+    return np.random.default_rng(nbytes).random(nbytes // 8)
+
+
+def _bandwidth(samples_ns: list, nbytes: int) -> list:
+    return [nbytes / ns for ns in samples_ns]  # bytes per ns == GB/s
+
+
+def _copy_floor(arr, repeats: int) -> list:
+    return _bandwidth([timed(arr.copy)[0] for _ in range(repeats)], arr.nbytes)
+
+
+def owner_numpy(system, job) -> None:
+    results = {}
+    for mib in job["array_mib"]:
+        arr = _array(mib << 20)
+        results[f"copy_w_{mib}MiB"] = _copy_floor(arr, job["repeats"])
+        samples = [timed(system.set_array, f"a{mib}", arr)[0] for _ in range(job["repeats"])]
+        results[f"set_{mib}MiB"] = _bandwidth(samples, arr.nbytes)
+    emit("ready", results=results)
+
+
+def reader_numpy(system, job) -> None:
+    import numpy as np
+
+    results = {}
+    for mib in job["array_mib"]:
+        arr = _array(mib << 20)
+        results[f"copy_r_{mib}MiB"] = _copy_floor(arr, job["repeats"])
+        samples = []
+        for _ in range(job["repeats"]):
+            ns, got = timed(system.get_array, f"a{mib}", arr.shape, arr.dtype)
+            require(got.shape == arr.shape and np.array_equal(got[::4099], arr[::4099]), "array")
+            samples.append(ns)
+            del got
+        results[f"get_{mib}MiB"] = _bandwidth(samples, arr.nbytes)
+    emit("result", results=results)
+
+
+# -- scaling over processes --------------------------------------------------------
+def owner_scale(system, job) -> None:
+    keys = small_keys("str", job["n"])
+    system.fill(keys, small_values("str", job["n"], 0))
+    emit("ready", results={})
+
+
+def scaler(system, job) -> None:
+    """A reader (or writer) that runs timed bursts whenever told 'go'."""
+    index = job["index"]
+    writing = job["role"] == "scale_writer"
+    if writing:
+        keys = [f"w{index}:{i:06d}" for i in range(job["scale_keys"])]
+        values = [f"value-{i:07d}-w{index}" for i in range(len(keys))]
+        system.fill(keys, values)
+    else:
+        keys = small_keys("str", job["n"])
+        if not system.shared:
+            system.fill(keys, small_values("str", job["n"], 0))
+        keys = list(keys)
+        random.Random(index).shuffle(keys)
+    chunk = 500
+    chunks = [keys[i:i + chunk] for i in range(0, len(keys), chunk)]
+    emit("attached")
+    while True:
+        cmd = command().split()
+        if cmd[0] == "stop":
+            break
+        seconds = float(cmd[1])
+        done, i = 0, 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while True:
+            part = chunks[i % len(chunks)]
+            if writing:
+                system.set_loop(part, values[:len(part)])
+            else:
+                system.get_loop(part)
+            done += len(part)
+            i += 1
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        emit("burst", ops=done, seconds=now - t0)
+    system.close()
+
+
+ROLES = {
+    ("owner", "small"): owner_small,
+    ("reader", "small"): reader_small,
+    ("owner", "iterate"): owner_iterate,
+    ("reader", "iterate"): reader_iterate,
+    ("owner", "numpy"): owner_numpy,
+    ("reader", "numpy"): reader_numpy,
+    ("owner", "scale_read"): owner_scale,
+    ("owner", "scale_write"): owner_scale,
+    ("scale_reader", "scale_read"): scaler,
+    ("scale_writer", "scale_write"): scaler,
+}
+
+
+def main() -> None:
+    job = json.loads(sys.argv[1])
+    system = systems.make(job["system"])
+    try:
+        try:
+            version = system.version()
+            if job["role"] == "owner":
+                system.create(job["name"], job)
+            else:
+                system.attach(job["name"], job)
+        except (ImportError, systems.Unavailable) as exc:
+            emit("skip", reason=f"{type(exc).__name__}: {exc}")
+            return
+        emit("version", version=version)
+        ROLES[(job["role"], job["job"])](system, job)
+        if job["role"] == "owner":
+            command()  # "stop": the readers are done
+            system.destroy()
+        elif job["role"] == "reader":
+            system.close()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # report, so the parent can say what broke
+        emit("error", error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc())
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
