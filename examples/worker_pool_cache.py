@@ -78,7 +78,7 @@ def main() -> int:
         print(f"slow lookups: {lookups}, cache hits: {REQUESTS - lookups}")
         print(f"cache now holds {len(cache)} records; wrong answers: {len(wrong)}")
         serial = REQUESTS * LOOKUP_SECONDS / WORKERS
-        print(f"took {elapsed:.2f} s (about {serial:.1f} s with no shared cache)")
+        print(f"took {elapsed:.2f} s (about {serial:.1f} s with no cache)")
         # Each city is looked up at least once, and at most once per worker
         # (only workers that missed at the same moment repeat a lookup).
         ok = not wrong and len(cache) == DISTINCT and DISTINCT <= lookups <= DISTINCT * WORKERS
