@@ -94,3 +94,14 @@ def sliding_window(name, count, window, barrier):
         if i >= window:
             del d[f"k{i - window}"]
     d.close()
+
+
+def pool_square(d, i):
+    """A Pool task that receives the SharedDict itself as an argument."""
+    d[f"sq{i}"] = i * i
+    return os.getpid(), d.name, d.created
+
+
+def write_and_exit(d, key):
+    """Writes one key and exits without closing (the handle dies with the process)."""
+    d[key] = os.getpid()

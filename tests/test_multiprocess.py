@@ -151,3 +151,64 @@ def test_keys_atomic_is_a_point_in_time_snapshot(name):
     join_all([p])
     assert snapshots > 10
     d.close()
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_pool_tasks_receive_the_dict_as_an_argument(name, method):
+    ctx = mp.get_context(method)
+    d = SharedDict(name, size=1 << 20, max_keys=100)
+    with ctx.Pool(2) as pool:
+        replies = pool.starmap(helpers.pool_square, [(d, i) for i in range(20)], chunksize=1)
+    assert {k: d[k] for k in d} == {f"sq{i}": i * i for i in range(20)}
+    # Each task attached to the same segment by name; none created one.
+    assert {(seg, created) for _, seg, created in replies} == {(name, False)}
+    assert len({pid for pid, _, _ in replies}) <= 2
+    assert d._check_integrity() == []
+    d.close()
+
+
+RESOURCE_TRACKER_SCRIPT = """
+import multiprocessing as mp
+import sys
+
+import helpers
+from sharedbox import SharedDict
+
+if __name__ == "__main__":
+    name, method = sys.argv[1], sys.argv[2]
+    ctx = mp.get_context(method)
+    d = SharedDict(name, size=1 << 20, max_keys=100)
+    p = ctx.Process(target=helpers.write_and_exit, args=(d, "child"))
+    p.start()
+    p.join(60)
+    with ctx.Pool(2) as pool:
+        pool.starmap(helpers.pool_square, [(d, i) for i in range(8)])
+    print(len(d), p.exitcode)
+    # The creator exits without close() or unlink(): the segment must stay.
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])
+def test_no_resource_tracker_warning_and_no_unlink_at_exit(name, method, tmp_path):
+    """Unlike multiprocessing.shared_memory, a SharedDict is not registered
+    with the resource tracker: no "leaked shared_memory" warning, and nobody
+    unlinks the segment when a process (child or creator) exits."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "owner.py"
+    script.write_text(RESOURCE_TRACKER_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(helpers.__file__))
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", str(script), name, method],
+        capture_output=True, text=True, timeout=JOIN_TIMEOUT, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["9", "0"]
+    assert "resource_tracker" not in proc.stderr and "leaked" not in proc.stderr
+    assert proc.stderr == ""
+    assert os.path.exists(f"/dev/shm/{name}")
+    d = SharedDict(name, create=False)
+    assert d["sq7"] == 49 and isinstance(d["child"], int)
+    d.close()  # the fixture unlinks

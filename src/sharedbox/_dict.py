@@ -113,7 +113,7 @@ class SharedDict(_core.SharedDictCore):
     def __init__(
         self,
         name: str,
-        data: Optional[Mapping] = None,
+        data: Optional[Mapping[str, Any]] = None,
         *,
         size: int = DEFAULT_SIZE,
         create: bool = True,
@@ -123,6 +123,15 @@ class SharedDict(_core.SharedDictCore):
         attach_timeout: float = 5.0,
         allow_pickle: bool = True,
     ) -> None:
+        """Create the segment ``name`` (or attach to it) and store ``data`` in it.
+
+        ``size`` and ``max_keys`` apply only when this call creates the
+        segment; attaching uses the creator's.  See the class docstring for
+        the other options.  Raises SegmentNotFoundError (create=False and no
+        such segment), InsufficientSharedMemoryError (``/dev/shm`` has less
+        free space than ``size``), IncompatibleSegmentError (not a sharedbox
+        segment), ValueError or TypeError (bad arguments).
+        """
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         _check_int("size", size, 1)
@@ -149,21 +158,23 @@ class SharedDict(_core.SharedDictCore):
     # -- mapping protocol beyond the native slots ---------------------------
 
     def __iter__(self) -> Iterator[str]:
+        """Iterate over the keys present when iteration starts (a list taken
+        stripe by stripe, not a snapshot: see keys_atomic())."""
         return iter(self._keys(False))
 
-    def keys(self) -> KeysView:
+    def keys(self) -> KeysView[str]:
         """A view of the keys; iterating it lists them stripe by stripe."""
         return _Keys(self)
 
-    def items(self) -> ItemsView:
+    def items(self) -> ItemsView[str, Any]:
         """A view of (key, value) pairs; keys deleted meanwhile are skipped."""
         return _Items(self)
 
-    def values(self) -> ValuesView:
+    def values(self) -> ValuesView[Any]:
         """A view of the values; keys deleted meanwhile are skipped."""
         return _Values(self)
 
-    def keys_atomic(self) -> list:
+    def keys_atomic(self) -> list[str]:
         """The keys at one instant: every stripe is locked while they are listed."""
         return self._keys(True)
 
@@ -176,7 +187,7 @@ class SharedDict(_core.SharedDictCore):
             return default
         return value
 
-    def popitem(self) -> tuple:
+    def popitem(self) -> tuple[str, Any]:
         """Remove and return some (key, value) pair; KeyError if empty."""
         for key in self._keys(False):
             value = self._pop(key, _MISSING)
@@ -229,13 +240,16 @@ class SharedDict(_core.SharedDictCore):
             )
         _core.unlink_segment(self.name)
 
-    def __enter__(self) -> "SharedDict":
+    def __enter__(self) -> SharedDict:
+        """Return self; the with block closes this handle (it does not unlink)."""
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        """Close this handle."""
         self.close()
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, tuple[str, bool]]:
+        """Pickle as a handle: the receiving process attaches by name."""
         # A SharedDict crosses process boundaries as its name: the receiver
         # attaches to the same segment (multiprocessing spawn, Pool, queues).
         if self.is_closed():
@@ -244,7 +258,7 @@ class SharedDict(_core.SharedDictCore):
 
     # -- statistics and sizing ----------------------------------------------
 
-    def get_stats(self) -> dict:
+    def get_stats(self) -> dict[str, Any]:
         """Entry counts, sizes and space use.  Every entry is measured (the
         record headers hold the sizes), so sample_size equals total_entries."""
         return self._summarise(self._stats())
@@ -270,7 +284,7 @@ class SharedDict(_core.SharedDictCore):
             "recoveries": raw["recoveries"],
         }
 
-    def recommend_sizing(self, target_entries: Optional[int] = None) -> dict:
+    def recommend_sizing(self, target_entries: Optional[int] = None) -> dict[str, Any]:
         """Segment size, max_keys and stripes for target_entries entries like
         the current ones (default: max_keys).  A SharedDict created with
         ``size=...['sizing_recommendation']['total_segment_size']`` and

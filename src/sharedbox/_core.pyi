@@ -1,0 +1,112 @@
+"""Native engine of sharedbox (use the sharedbox package, not this module).
+
+Type stub for the nanobind extension built from src/binding/module.cpp.
+tests/test_typing.py checks it against the compiled module: mypy's stubtest
+for names and the slot methods, and nanobind's own signatures (parameter
+names, kinds and defaults) for every function and method.  Types here are
+narrower than nanobind's (``str`` keys where it says ``object | None``)
+because the binding rejects anything else with TypeError.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from typing_extensions import disjoint_base
+
+LAYOUT_VERSION: int
+"""Version of the segment layout this build reads and writes."""
+
+ALLOC_MUTEX_OFFSET: int
+"""Byte offset of the allocator's robust mutex in the segment."""
+
+STRIPE_BYTES: int
+"""Size in bytes of one stripe record (lock plus table reference)."""
+
+STRIPE_MUTEX_OFFSET: int
+"""Byte offset of a stripe's mutex inside its stripe record."""
+
+MUTEX_BYTES: int
+"""sizeof(pthread_mutex_t) on this platform."""
+
+PAGE_BYTES: int
+"""Size of the segment header page; the stripe array starts here."""
+
+def _set_error_types(arg: dict[str, type[BaseException]], /) -> None: ...
+def _set_codec(
+    arg0: Callable[[Any], bytes],
+    arg1: Callable[[memoryview], Any],
+    arg2: Callable[[Any], Any],
+    arg3: Callable[[bytes, tuple[int, ...], bool, int], Any],
+    /,
+) -> None: ...
+def default_stripes(max_keys: int) -> int:
+    """The stripe count a SharedDict with this max_keys gets by default."""
+
+def heap_bytes_for(size: int, stripes: int) -> int:
+    """Bytes of a segment of this size left for records and index tables."""
+
+def unlink_segment(name: str) -> None:
+    """Removes the shared memory segment of this name."""
+
+@disjoint_base  # instances have a C layout: no second native base is possible
+class SharedDictCore:
+    def __init__(
+        self,
+        name: str,
+        create: bool,
+        size: int,
+        max_keys: int,
+        stripes: int,
+        mode: int,
+        attach_timeout: float,
+        allow_pickle: bool,
+    ) -> None: ...
+
+    # Type slots (d[k], d[k] = v, del d[k], k in d, len(d)).
+    def __len__(self, /) -> int: ...
+    def __getitem__(self, key: str, /) -> Any: ...
+    def __setitem__(self, key: str, value: Any, /) -> None: ...
+    def __delitem__(self, key: str, /) -> None: ...
+    def __contains__(self, key: object, /) -> bool: ...
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value for key if key is present, else default."""
+
+    def _put_if_absent(self, key: str, value: Any) -> bool: ...
+    def _pop(self, key: str, default: Any) -> Any: ...
+    def _discard(self, key: str) -> bool: ...
+    def _keys(self, atomic: bool) -> list[str]: ...
+    def _stats(self) -> dict[str, int]: ...
+    def _check_integrity(self) -> list[str]: ...
+    def close(self) -> None:
+        """Unmap the segment from this process; the data stays for other processes."""
+
+    def is_closed(self) -> bool:
+        """True once close() has been called on this handle."""
+
+    @property
+    def name(self) -> str:
+        """The segment's name."""
+
+    @property
+    def segment_size(self) -> int:
+        """The segment's size in bytes."""
+
+    @property
+    def max_keys(self) -> int:
+        """The most keys the dict can hold."""
+
+    @property
+    def stripes(self) -> int:
+        """The number of lock stripes."""
+
+    @property
+    def created(self) -> bool:
+        """True if this handle created the segment."""
+
+    @property
+    def allow_pickle(self) -> bool:
+        """False if this handle refuses to store or load pickled values."""
+
+    @property
+    def creator_pid(self) -> int:
+        """PID of the process that created it."""
