@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import sys
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from . import __version__, _core
 from ._dict import SharedDict
@@ -162,7 +162,8 @@ def _scan() -> tuple[list[dict], list[str]]:
         names = sorted(os.listdir(SHM_DIR))
     except OSError as exc:
         raise CliError(f"{SHM_DIR}: {exc.strerror}") from None
-    segments, unreadable = [], []
+    segments: list[dict[str, Any]] = []
+    unreadable: list[str] = []
     for name in names:
         try:
             header, st = _read_header(os.path.join(SHM_DIR, name))
@@ -381,7 +382,7 @@ def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
-def _warnings(stats: dict) -> list[str]:
+def _warnings(stats: Mapping[str, Any]) -> list[str]:
     out = []
     if stats["max_keys"] and stats["total_entries"] >= 0.9 * stats["max_keys"]:
         out.append("entries are near max_keys: new keys will soon raise TooManyKeysError")
@@ -408,7 +409,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 continue
             kind, size, descr, shape = info
             entry: dict[str, Any] = {"key": key, "type": kind, "size": size}
-            if kind == "ndarray":
+            if kind == "ndarray" and descr is not None and shape is not None:
                 entry["dtype"] = _dtype_name(descr)
                 entry["shape"] = list(shape)
             if args.values:

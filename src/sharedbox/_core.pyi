@@ -31,6 +31,11 @@ MUTEX_BYTES: int
 PAGE_BYTES: int
 """Size of the segment header page; the stripe array starts here."""
 
+SEGMENT_MAGIC: int
+"""The first eight bytes of every sharedbox segment, as a little-endian integer."""
+
+def _peek_header(data: bytes) -> dict[str, int | bool] | None: ...
+
 def _set_error_types(arg: dict[str, type[BaseException]], /) -> None: ...
 def _set_codec(
     arg0: Callable[[Any], bytes],
@@ -77,6 +82,9 @@ class SharedDictCore:
     def _keys(self, atomic: bool) -> list[str]: ...
     def _stats(self) -> dict[str, int]: ...
     def _check_integrity(self) -> list[str]: ...
+    def _value_info(
+        self, key: str
+    ) -> tuple[str, int, bytes | None, tuple[int, ...] | None] | None: ...
     def close(self) -> None:
         """Unmap the segment from this process; the data stays for other processes."""
 
