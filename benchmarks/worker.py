@@ -139,7 +139,8 @@ def reader_small(system, job) -> None:
             system.get_loop, (keys,), ops, repeats,
             check=lambda v, want=want, kind=kind: require(v == want, f"get_{kind}"),
         )
-    str_keys = [small_keys("str", job["n"])[i] for i in order]
+    all_str_keys = small_keys("str", job["n"])
+    str_keys = [all_str_keys[i] for i in order]
     results["contains_hit"] = per_op(
         system.contains_loop, (str_keys,), ops, repeats,
         check=lambda hits: require(hits == ops, "contains hit"),
