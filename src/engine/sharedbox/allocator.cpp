@@ -13,6 +13,7 @@
 
 #include "sharedbox/dict.hpp"
 #include "sharedbox/locks.hpp"
+#include "sharedbox/robust_mutex.hpp"
 
 namespace sbx {
 namespace {
@@ -32,18 +33,15 @@ uint64_t runs_of(uint64_t free_bits, uint64_t n) {
 }  // namespace
 
 void Dict::lock_alloc() {
-  int rc = pthread_mutex_lock(&hdr_->h_alloc.a_mutex);
-  if (rc == EOWNERDEAD) {
-    recover_alloc();
-    pthread_mutex_consistent(&hdr_->h_alloc.a_mutex);
+  AllocState& a = hdr_->h_alloc;
+  if (lock_robust(&a.a_mutex, &a.a_holder_tid, "the allocator lock", -1) == EOWNERDEAD) {
+    recover_alloc();  // cannot fail: it only replays bounds-checked bit ranges
+    pthread_mutex_consistent(&a.a_mutex);
     hdr_->h_recoveries.fetch_add(1, std::memory_order_relaxed);
-  } else if (rc != 0) {
-    throw Error(Errc::Corrupt, "the allocator lock is unusable (" + std::string(strerror(rc)) +
-                                   "); the segment must be recreated", rc);
   }
 }
 
-void Dict::unlock_alloc() { pthread_mutex_unlock(&hdr_->h_alloc.a_mutex); }
+void Dict::unlock_alloc() { unlock_robust(&hdr_->h_alloc.a_mutex, &hdr_->h_alloc.a_holder_tid); }
 
 // A bitmap word as the allocator must see it: units past the end of the heap
 // always read as used, even if a stray write cleared their bits.
