@@ -309,6 +309,12 @@ __attribute__((noinline)) void Dict::build_table(uint64_t off, uint64_t units, u
 void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
   Stripe& s = stripe(si);
   Journal& j = s.s_journal;
+  // want_keys comes from the shared s_count: a corrupted count could
+  // overflow the doubling below and never end the loop.  One stripe holds at
+  // most max_keys keys (+1 for the insert that is about to be refused).
+  if (want_keys > max_keys_ + 1)
+    throw Error(Errc::Corrupt, "stripe " + std::to_string(si) + " counts " +
+                                   std::to_string(want_keys - 1) + " keys, more than max_keys");
   uint32_t lg = kMinTableLog2;
   while ((uint64_t(1) << lg) < want_keys * 2) ++lg;
   uint64_t units = table_units(lg);
@@ -621,7 +627,9 @@ void Dict::for_each_record(uint32_t i, Fn&& fn) const {
 
 std::vector<std::string> Dict::keys(bool atomic) {
   std::vector<std::string> out;
-  out.reserve(std::min(size(), max_keys_));  // counts may be corrupt: never trust them for a size
+  // The counts may be corrupt, and so may max_keys (the header only bounds it
+  // by 2^31): reserve no more than the heap could hold, one key per unit.
+  out.reserve(std::min({size(), max_keys_, heap_units_}));
   auto collect = [&](uint32_t i) {
     for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t) {
       out.emplace_back(reinterpret_cast<const char*>(r) + kHeaderBytes, kl);
