@@ -179,3 +179,129 @@ def test_every_bit_of_each_lock_word(which):
     # id bits and the type field give errors, so some cases must have raised.
     errors = int(last[0].split("errors=")[1].split()[0])
     assert errors > 0, last[0]
+
+
+DECODER_CHILD = textwrap.dedent(
+    r'''
+    import mmap, struct, sys
+    import numpy as np
+    from hypothesis import HealthCheck, given, settings, strategies as st
+    from sharedbox import SharedDict
+    name, examples = sys.argv[1], int(sys.argv[2])
+    # allow_pickle=False: random pickle bytes are Python's pickle, not our
+    # decoder, and must not run anything.
+    d = SharedDict(name, size=4 << 20, max_keys=16, allow_pickle=False)
+    segment_file = open(f"/dev/shm/{name}", "r+b")
+    m = mmap.mmap(segment_file.fileno(), 0)
+    KEY = "decoder-fuzz-key-7c3e9a51"
+    count = [0]
+
+    def stored(length):
+        """Stores a value whose encoding is `length` bytes under a fresh key;
+        returns the segment offset of that encoding (it follows the key in
+        its record; freed records keep old keys, hence a new key each time)."""
+        global KEY
+        if KEY in d:
+            del d[KEY]  # removes without decoding (pop would decode)
+        count[0] += 1
+        KEY = f"decoder-fuzz-key-{count[0]:08d}"
+        d[KEY] = b"\0" * (length - 1)  # tag 6 (bytes) + payload
+        at = m.find(KEY.encode())
+        assert at > 0 and m.find(KEY.encode(), at + 1) == -1
+        return at + len(KEY)
+
+    DESCRS = [b"'|u1'", b"'<f8'", b"'<i4'", b"'|V3'", b"[('a', '<i4'), ('b', '|u1')]",
+              b"'", b"'<f8", b"()", b"{}", b"'|u1' * 10**9", b"\xff\xfe", b"'O'",
+              b"[('a', '<i4')] * 2", b"'" + b"x" * 300 + b"'"]
+    arrays = st.fixed_dictionaries({
+        "flags": st.integers(0, 255), "ndim": st.one_of(st.integers(0, 4), st.integers(0, 255)),
+        "shape": st.lists(st.one_of(st.integers(0, 64), st.integers(0, 2**64 - 1)), max_size=6),
+        "descr": st.one_of(st.sampled_from(DESCRS), st.binary(max_size=40)),
+        "descr_len_delta": st.one_of(st.just(0), st.integers(-3, 3), st.integers(0, 65535)),
+        "data": st.binary(max_size=200), "consistent": st.booleans(),
+        "nbytes_delta": st.one_of(st.just(0), st.integers(-2**63, 2**63)),
+    })
+    raw = st.one_of(st.binary(min_size=1, max_size=300),
+                    st.builds(lambda t, rest: bytes([t]) + rest, st.integers(0, 12),
+                              st.binary(max_size=64)))
+
+    def array_value(a):
+        """An ndarray encoding [8][flags][ndim][descr_len][nbytes][shape][descr][pad][data]
+        at its real offset, so that consistent cases really are valid."""
+        if a["consistent"]:  # bytes as a (n,) or (1, n) uint8 array, C or Fortran order
+            ndim, descr = 1 + a["ndim"] % 2, b"'|u1'"
+        else:
+            ndim, descr = a["ndim"], a["descr"]
+        shape = (a["shape"] + [1] * ndim)[:ndim]
+        descr_len = len(descr) if a["consistent"] else (len(descr) + a["descr_len_delta"]) % 65536
+        head_len = 13 + 8 * ndim + len(descr)
+        length = head_len + 64 + len(a["data"])
+        voff = stored(length)
+        pad = (64 - (voff + head_len) % 64) % 64
+        data = (a["data"] + b"\x5a" * 64)[: length - head_len - pad]
+        nbytes = len(data)
+        if a["consistent"]:
+            shape = [1, nbytes][-ndim:]
+        else:
+            nbytes = (nbytes + a["nbytes_delta"]) % 2**64
+        head = struct.pack("<BBBHQ", 8, a["flags"], ndim % 256, descr_len, nbytes)
+        head += b"".join(struct.pack("<Q", s) for s in shape)
+        value = head + descr + b"\0" * pad + data
+        assert len(value) == length
+        return voff, value, data
+
+    seen = {}
+
+    def read_back(voff, value):
+        m[voff:voff + len(value)] = value
+        try:
+            return d[KEY]
+        except SystemError:
+            raise  # a C-API misuse in the binding, never an answer to bad data
+        except Exception as exc:  # a clean refusal
+            seen[type(exc).__name__] = seen.get(type(exc).__name__, 0) + 1
+            return exc
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(raw)
+    def raw_values(value):
+        read_back(stored(len(value)), value)
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(arrays)
+    def array_values(a):
+        voff, value, data = array_value(a)
+        got = read_back(voff, value)
+        if isinstance(got, np.ndarray):
+            # Whatever header was accepted, the array holds exactly the data.
+            assert got.nbytes == len(data) and got.tobytes(order="A") == data
+            seen["ndarray"] = seen.get("ndarray", 0) + 1
+
+    raw_values()
+    array_values()
+    assert d._check_integrity() == []
+    assert seen.get("ndarray", 0) > 0, seen  # the valid headers did decode
+    print("survived", sorted(seen.items()))
+    '''
+)
+
+
+def test_decoder_never_crashes_on_malformed_values():
+    """The value decoder (codec tags, the ndarray header, its dtype text) fed
+    malformed encodings through a real segment: hypothesis draws raw bytes and
+    ndarray headers (consistent ones must read back exactly), and writes them
+    over a stored value's bytes.  Each answer must be a value or an exception."""
+    pytest.importorskip("numpy")
+    pytest.importorskip("hypothesis")
+    name = unique_name("fuzzdec")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", DECODER_CHILD, name, str(max(CASES, 50))],
+            capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        remove_segment(name)
+    assert proc.returncode == 0 and "survived" in proc.stdout, (
+        proc.returncode, proc.stdout[-2000:], proc.stderr[-4000:])

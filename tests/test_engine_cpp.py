@@ -151,6 +151,7 @@ FUZZ_SUMMARY = re.compile(r"^fuzz_segment: (\d+) corpus inputs, (\d+) random inp
 
 
 @pytest.mark.fuzz
+@pytest.mark.slow  # it is its own ASan build: scripts/test-asan.sh need not build it again
 def test_engine_fuzz_segment_asan_ubsan(tmp_path):
     """tests/fuzz/fuzz_segment.cpp under ASan+UBSan: every committed corpus
     input, then SBX_FUZZ_RUNS (default 3000) seeded random edit scripts, at
