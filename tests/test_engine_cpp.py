@@ -53,8 +53,8 @@ def _run(cmd, timeout, env=None, cwd=None):
                           stderr=subprocess.STDOUT, text=True, errors="replace")
 
 
-def _build(build_dir, *cmake_args):
-    """Configures and builds sharedbox_engine_tests; returns the executable's path."""
+def _build(build_dir, *cmake_args, target="sharedbox_engine_tests"):
+    """Configures and builds `target`; returns the executable's path."""
     cmake, _ = _tools()
     configure = [cmake, "-S", str(ROOT), "-B", str(build_dir), "-DSHAREDBOX_BUILD_TESTS=ON",
                  *cmake_args]
@@ -62,10 +62,10 @@ def _build(build_dir, *cmake_args):
     if not os.environ.get("CMAKE_GENERATOR") and not shutil.which("make") and shutil.which("ninja"):
         configure += ["-G", "Ninja"]
     for step in (configure,
-                 [cmake, "--build", str(build_dir), "--target", "sharedbox_engine_tests", "-j", "2"]):
+                 [cmake, "--build", str(build_dir), "--target", target, "-j", "2"]):
         proc = _run(step, timeout=600)
         assert proc.returncode == 0, f"{' '.join(step)} failed:\n{proc.stdout[-8000:]}"
-    exe = Path(build_dir) / "sharedbox_engine_tests"
+    exe = Path(build_dir) / target
     assert exe.exists(), f"the build did not produce {exe}"
     return exe
 
@@ -75,7 +75,7 @@ def _run_tests(cmd, timeout, env, cwd):
 
     The program unlinks its segments itself, but not when it dies: a
     sanitizer abort, a crash, or the kill on timeout.  Its segment names
-    start with sbx_enginetest_<pid>_.
+    start with sbx_enginetest_<pid>_ (the fuzzer's with sbx_fuzz_<pid>_).
     """
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -86,8 +86,9 @@ def _run_tests(cmd, timeout, env, cwd):
         out, _ = proc.communicate()
         out += f"\n[killed after {timeout} s]"
     finally:
-        for leftover in Path("/dev/shm").glob(f"sbx_enginetest_{proc.pid}_*"):
-            leftover.unlink(missing_ok=True)
+        for prefix in ("sbx_enginetest", "sbx_fuzz"):
+            for leftover in Path("/dev/shm").glob(f"{prefix}_{proc.pid}_*"):
+                leftover.unlink(missing_ok=True)
     return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
@@ -142,3 +143,34 @@ def test_engine_cpp_asan_ubsan(tmp_path):
     proc = _run_tests(cmd, timeout=600, env=env, cwd=tmp_path)
     assert "Sanitizer" not in proc.stdout, proc.stdout[-12000:]
     _check_output(proc)
+
+
+FUZZ_CORPUS = ROOT / "tests" / "fuzz" / "corpus"
+FUZZ_SUMMARY = re.compile(r"^fuzz_segment: (\d+) corpus inputs, (\d+) random inputs .* 0 crashes, "
+                          r"0 hangs$", re.MULTILINE)
+
+
+@pytest.mark.fuzz
+@pytest.mark.slow  # it is its own ASan build: scripts/test-asan.sh need not build it again
+def test_engine_fuzz_segment_asan_ubsan(tmp_path):
+    """tests/fuzz/fuzz_segment.cpp under ASan+UBSan: every committed corpus
+    input, then SBX_FUZZ_RUNS (default 3000) seeded random edit scripts, at
+    most 30 s of them.  Any crash, sanitizer report, escaped exception,
+    input past the watchdog or lock left held aborts the program."""
+    exe = _build(tmp_path / "build", "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                 "-DSHAREDBOX_SANITIZE=address;undefined", "-DSHAREDBOX_BUILD_FUZZ=ON",
+                 target="sharedbox_fuzz_segment")
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = "halt_on_error=1:detect_leaks=1"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    runs = os.environ.get("SBX_FUZZ_RUNS", "3000")
+    cmd = [str(exe), f"--runs={runs}", "--seconds=30", str(FUZZ_CORPUS)]
+    proc = _run_tests(cmd, timeout=300, env=env, cwd=tmp_path)
+    out = proc.stdout
+    assert proc.returncode == 0 and "Sanitizer" not in out, out[-12000:]
+    summary = FUZZ_SUMMARY.findall(out)
+    assert len(summary) == 1, out[-12000:]
+    corpus_inputs = len([p for p in FUZZ_CORPUS.iterdir() if not p.name.startswith(".")])
+    assert int(summary[0][0]) == corpus_inputs > 0, out[-2000:]
+    assert int(summary[0][1]) > 0, out[-2000:]
+    print(out.strip().splitlines()[-1])

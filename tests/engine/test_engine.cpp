@@ -13,10 +13,15 @@
 //
 // The last line printed is always "N passed, M failed" (N and M count cases);
 // the exit status is non-zero if any case failed.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -725,6 +730,142 @@ void test_stats() {
 }
 
 // ---------------------------------------------------------------------------
+// Corrupted lock words.  A stray write can make a free robust mutex look held
+// by a thread that never held it; pthread_mutex_lock would then wait forever.
+// The engine must raise Corrupt after the stuck-lock window instead, must keep
+// waiting for a real holder however long it holds, and must leave the dict
+// consistent once the word is repaired.
+
+// A second mapping of a segment, as a stray writer would have.
+class RawMap {
+ public:
+  explicit RawMap(const std::string& name) {
+    int fd = shm_open(("/" + name).c_str(), O_RDWR, 0);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+      size_ = size_t(st.st_size);
+      void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (p != MAP_FAILED) base_ = static_cast<uint8_t*>(p);
+    }
+    if (fd >= 0) close(fd);
+  }
+  ~RawMap() {
+    if (base_) munmap(base_, size_);
+  }
+  bool ok() const { return base_ != nullptr; }
+  sbx::SegmentHeader* header() const { return reinterpret_cast<sbx::SegmentHeader*>(base_); }
+  pthread_mutex_t* alloc_mutex() const { return &header()->h_alloc.a_mutex; }
+  pthread_mutex_t* stripe_mutex(uint32_t i) const {
+    auto* st = reinterpret_cast<sbx::Stripe*>(base_ + header()->h_stripe_off);
+    return &st[i].s_mutex;
+  }
+
+ private:
+  uint8_t* base_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Sleeps inside write(), i.e. while holding the stripe lock: a legitimate
+// long hold (as a multi-GiB copy would be).
+class SlowSource : public sbx::ValueSource {
+ public:
+  explicit SlowSource(int ms) : ms_(ms) {}
+  uint64_t max_bytes() const override { return 4; }
+  uint64_t write(uint8_t* dst, uint64_t) override {
+    started.store(true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms_));
+    std::memcpy(dst, "slow", 4);
+    return 4;
+  }
+  std::atomic<bool> started{false};
+
+ private:
+  int ms_;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+void test_stuck_locks() {
+  setenv("SHAREDBOX_STUCK_LOCK_TIMEOUT", "0.2", 1);
+  SegmentGuard seg("stuck");
+  auto d = sbx::Dict::open(options(seg.name(), 1 << 20, 100, 1));  // one stripe: every key on it
+  RawMap raw(seg.name());
+  CHECK(raw.ok());
+  if (!raw.ok()) return;
+  for (int i = 0; i < 10; ++i) put(*d, "k" + std::to_string(i), "v" + std::to_string(i));
+  const int self_tid = int(syscall(SYS_gettid));
+
+  struct Case {
+    const char* what;
+    pthread_mutex_t* m;
+    int lock_word;
+  };
+  const Case cases[] = {
+      {"allocator, owner that does not exist", raw.alloc_mutex(), 0x3ffffff0},
+      {"allocator, waiters bit and no owner", raw.alloc_mutex(), int(0x80000000u)},
+      {"stripe, owner that does not exist", raw.stripe_mutex(0), 0x20000000},
+      {"stripe, live thread that is not the holder (pid 1)", raw.stripe_mutex(0), 1},
+      {"stripe, this very thread", raw.stripe_mutex(0), self_tid},
+  };
+  for (const Case& c : cases) {
+    std::fprintf(stderr, "  stuck lock: %s\n", c.what);
+    c.m->__data.__lock = c.lock_word;
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS(sbx::Errc::Corrupt, put(*d, "new-key", "value"));
+    CHECK(seconds_since(t0) < 5.0);  // the 0.2 s window plus slices, with room for ASan
+    // Lock-free reads never touch the lock.
+    CHECK(value_of(*d, "k3") == "v3");
+    c.m->__data.__lock = 0;  // the repair a test may do; the engine never does
+    CHECK(put(*d, "new-key", "value"));
+    CHECK(erase(*d, "new-key"));
+    CHECK_INTEGRITY(*d);
+  }
+
+  // A corrupted type field (here: the process-shared bit cleared, which
+  // would make waiters sleep on a private futex) is refused at once.
+  int kind = raw.alloc_mutex()->__data.__kind;
+  raw.alloc_mutex()->__data.__kind = kind & ~128;
+  CHECK_THROWS(sbx::Errc::Corrupt, put(*d, "new-key", "value"));
+  raw.alloc_mutex()->__data.__kind = kind;
+  CHECK_INTEGRITY(*d);
+
+  // An operation that fails after publishing (the allocator lock is stuck
+  // when erase frees the record) leaves its journal open; the next holder
+  // of the stripe lock replays it, as for a dead owner.
+  raw.alloc_mutex()->__data.__lock = 0x3ffffff0;
+  CHECK_THROWS(sbx::Errc::Corrupt, erase(*d, "k4"));
+  CHECK(!contains(*d, "k4"));  // the tombstone was published
+  CHECK_THROWS(sbx::Errc::Corrupt, put(*d, "k5", "overwritten"));  // replay needs the allocator
+  raw.alloc_mutex()->__data.__lock = 0;
+  CHECK(value_of(*d, "k5") == "v5");
+  CHECK(put(*d, "k5", "overwritten"));
+  CHECK(value_of(*d, "k5") == "overwritten");
+  CHECK_EQ(d->size(), uint64_t(9));
+  CHECK_INTEGRITY(*d);
+
+  // A real holder is waited for however long it holds: the waiter sees the
+  // holder record match the lock word and the owner alive.
+  SlowSource slow(1000);  // five windows
+  std::thread holder([&] { d->put(d->key("slow", 4), slow); });
+  while (!slow.started.load()) std::this_thread::yield();
+  auto t0 = std::chrono::steady_clock::now();
+  bool ok = false;
+  try {
+    ok = put(*d, "k6", "after the slow one");
+  } catch (const sbx::Error& e) {
+    record_failure(__FILE__, __LINE__, std::string("waiting for a live holder threw: ") + e.what());
+  }
+  holder.join();
+  CHECK(ok);
+  CHECK(seconds_since(t0) > 0.5);
+  CHECK(value_of(*d, "slow") == "slow");
+  CHECK_INTEGRITY(*d);
+  unsetenv("SHAREDBOX_STUCK_LOCK_TIMEOUT");
+}
+
+// ---------------------------------------------------------------------------
 // Runner.
 
 struct TestCase {
@@ -735,7 +876,7 @@ struct TestCase {
 const TestCase kCases[] = {
     {"lifecycle", test_lifecycle},   {"basic", test_basic_ops},     {"max_keys", test_max_keys},
     {"segment_full", test_segment_full}, {"keys", test_keys},       {"churn", test_churn},
-    {"threads", test_threads},       {"stats", test_stats},
+    {"threads", test_threads},       {"stats", test_stats},         {"stuck_locks", test_stuck_locks},
 };
 
 bool run_case(const TestCase& tc) {

@@ -9,10 +9,12 @@
 // the segment (only touched pages cost memory).
 #include <errno.h>
 
+#include <cstddef>
 #include <cstring>
 
 #include "sharedbox/dict.hpp"
 #include "sharedbox/locks.hpp"
+#include "sharedbox/robust_mutex.hpp"
 
 namespace sbx {
 namespace {
@@ -32,18 +34,15 @@ uint64_t runs_of(uint64_t free_bits, uint64_t n) {
 }  // namespace
 
 void Dict::lock_alloc() {
-  int rc = pthread_mutex_lock(&hdr_->h_alloc.a_mutex);
-  if (rc == EOWNERDEAD) {
-    recover_alloc();
-    pthread_mutex_consistent(&hdr_->h_alloc.a_mutex);
+  AllocState& a = hdr_->h_alloc;
+  if (lock_robust(&a.a_mutex, &a.a_holder_tid, "the allocator lock", -1) == EOWNERDEAD) {
+    recover_alloc();  // cannot fail: it only replays bounds-checked bit ranges
+    pthread_mutex_consistent(&a.a_mutex);
     hdr_->h_recoveries.fetch_add(1, std::memory_order_relaxed);
-  } else if (rc != 0) {
-    throw Error(Errc::Corrupt, "the allocator lock is unusable (" + std::string(strerror(rc)) +
-                                   "); the segment must be recreated", rc);
   }
 }
 
-void Dict::unlock_alloc() { pthread_mutex_unlock(&hdr_->h_alloc.a_mutex); }
+void Dict::unlock_alloc() { unlock_robust(&hdr_->h_alloc.a_mutex, &hdr_->h_alloc.a_holder_tid); }
 
 // A bitmap word as the allocator must see it: units past the end of the heap
 // always read as used, even if a stray write cleared their bits.
@@ -204,6 +203,18 @@ void Dict::free_block(std::atomic<uint64_t>* target, uint64_t units) {
   a.a_op.store(kAllocNone, std::memory_order_release);
 }
 
+// Whether `target` (read from a_target) is the offset of a stripe journal's
+// j_new or j_old field, the only fields alloc() and free_block() hand blocks
+// through.  Anything else is corrupt and is not written: a target inside a
+// stripe's mutex, for one, would overwrite a lock this thread may hold.
+bool Dict::is_journal_target(uint64_t target) const {
+  const uint64_t first = off_of(stripes_);
+  if (target < first || target >= first + uint64_t(nstripes_) * sizeof(Stripe)) return false;
+  const uint64_t in = (target - first) % sizeof(Stripe);
+  const uint64_t journal = offsetof(Stripe, s_journal);
+  return in == journal + offsetof(Journal, j_new) || in == journal + offsetof(Journal, j_old);
+}
+
 // Called with the allocator lock held after its previous owner died.  The
 // journal names the one operation that may be half done; redo it (both are
 // idempotent), then recompute the derived counters from the bitmap.
@@ -214,7 +225,7 @@ void Dict::recover_alloc() {
     uint64_t off = a.a_off.load(), units = a.a_units.load(), target = a.a_target.load();
     bool sane = off >= heap_off_ && (off - heap_off_) % kUnit == 0 && units > 0 &&
                 units <= heap_units_ && (off - heap_off_) / kUnit <= heap_units_ - units &&
-                target % 8 == 0 && target >= kPage && target + 8 <= heap_off_;
+                is_journal_target(target);
     if (sane) {
       mark_units((off - heap_off_) / kUnit, units, op == kAllocAlloc);
       reinterpret_cast<std::atomic<uint64_t>*>(base_ + target)

@@ -10,6 +10,7 @@
 
 #include "sharedbox/hash.hpp"
 #include "sharedbox/locks.hpp"
+#include "sharedbox/robust_mutex.hpp"
 
 namespace sbx {
 namespace {
@@ -43,26 +44,36 @@ Stripe& Dict::stripe(uint32_t i) const {
 
 void Dict::lock_stripe(uint32_t i) {
   Stripe& s = stripe(i);
-  int rc = pthread_mutex_lock(&s.s_mutex);
-  if (rc == EOWNERDEAD) {
+  const bool owner_died =
+      lock_robust(&s.s_mutex, &s.s_holder_tid, "stripe lock", int(i)) == EOWNERDEAD;
+  // A journal left open by a holder that did not die means its operation
+  // failed part-way (it could not take the allocator lock, or met a corrupt
+  // block after publishing): replay it exactly as for a dead owner.  Every
+  // normal path closes its journal before unlocking.
+  if (owner_died || s.s_journal.j_op.load(std::memory_order_acquire) != kOpNone) {
     try {
       recover_stripe(i);
     } catch (...) {
-      // Leave the mutex inconsistent: unlocking it now makes it permanently
-      // unusable (ENOTRECOVERABLE), which is the honest state.
-      pthread_mutex_unlock(&s.s_mutex);
+      // The journal stays open and the next holder replays it again (replays
+      // are idempotent).  Marking the mutex consistent keeps a transient
+      // failure (e.g. a stuck allocator lock) from making the stripe
+      // permanently unusable; a journal that really is corrupt keeps failing
+      // the replay, so every holder gets the error.
+      if (owner_died) pthread_mutex_consistent(&s.s_mutex);
+      unlock_robust(&s.s_mutex, &s.s_holder_tid);
       throw;
     }
+  }
+  if (owner_died) {
     pthread_mutex_consistent(&s.s_mutex);
     hdr_->h_recoveries.fetch_add(1, std::memory_order_relaxed);
-  } else if (rc != 0) {
-    throw Error(Errc::Corrupt, "stripe lock " + std::to_string(i) + " is unusable (" +
-                                   std::string(strerror(rc)) +
-                                   "); the segment must be recreated", rc);
   }
 }
 
-void Dict::unlock_stripe(uint32_t i) { pthread_mutex_unlock(&stripe(i).s_mutex); }
+void Dict::unlock_stripe(uint32_t i) {
+  Stripe& s = stripe(i);
+  unlock_robust(&s.s_mutex, &s.s_holder_tid);
+}
 
 // ---------------------------------------------------------------------------
 // Bounds-checked views of shared memory.  Everything a lock-free reader follows
@@ -298,6 +309,12 @@ __attribute__((noinline)) void Dict::build_table(uint64_t off, uint64_t units, u
 void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
   Stripe& s = stripe(si);
   Journal& j = s.s_journal;
+  // want_keys comes from the shared s_count: a corrupted count could
+  // overflow the doubling below and never end the loop.  One stripe holds at
+  // most max_keys keys (+1 for the insert that is about to be refused).
+  if (want_keys > max_keys_ + 1)
+    throw Error(Errc::Corrupt, "stripe " + std::to_string(si) + " counts " +
+                                   std::to_string(want_keys - 1) + " keys, more than max_keys");
   uint32_t lg = kMinTableLog2;
   while ((uint64_t(1) << lg) < want_keys * 2) ++lg;
   uint64_t units = table_units(lg);
@@ -314,7 +331,13 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
   j.j_tombs.store(s.s_tombs.load(std::memory_order_relaxed), std::memory_order_relaxed);
   j.j_op.store(kOpResize, std::memory_order_release);
 
-  uint64_t off = alloc(units, &j.j_new, /*from_top=*/true);
+  uint64_t off;
+  try {
+    off = alloc(units, &j.j_new, /*from_top=*/true);
+  } catch (...) {  // the allocator lock failed before anything was allocated
+    j.j_op.store(kOpNone, std::memory_order_release);
+    throw;
+  }
   if (!off) {
     j.j_op.store(kOpNone, std::memory_order_release);
     throw Error(Errc::SegmentFull, "");
@@ -444,7 +467,14 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
       j.j_op.store(kOpNone, std::memory_order_release);
     };
 
-    uint64_t off = alloc(units, &j.j_new);
+    uint64_t off;
+    try {
+      off = alloc(units, &j.j_new);
+    } catch (...) {  // the allocator lock failed before anything was allocated
+      if (reserved) hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+      j.j_op.store(kOpNone, std::memory_order_release);
+      throw;
+    }
     if (!off) {
       roll_back();
       throw Error(Errc::SegmentFull,
@@ -608,7 +638,9 @@ void Dict::for_each_record(uint32_t i, Fn&& fn) const {
 
 std::vector<std::string> Dict::keys(bool atomic) {
   std::vector<std::string> out;
-  out.reserve(std::min(size(), max_keys_));  // counts may be corrupt: never trust them for a size
+  // The counts may be corrupt, and so may max_keys (the header only bounds it
+  // by 2^31): reserve no more than the heap could hold, one key per unit.
+  out.reserve(std::min({size(), max_keys_, heap_units_}));
   auto collect = [&](uint32_t i) {
     for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t) {
       out.emplace_back(reinterpret_cast<const char*>(r) + kHeaderBytes, kl);

@@ -150,6 +150,7 @@ class Dict {
   void lock_alloc();
   void unlock_alloc();
   void recover_alloc();
+  bool is_journal_target(uint64_t target) const;
 
   Probe find_locked(const Stripe& s, const KeyRef& k) const;
   void resize_locked(uint32_t si, uint64_t want_keys);

@@ -19,6 +19,7 @@
 //   h_reserved_keys               any writer, atomic RMW        writers (max_keys check)
 //   h_recount_needed              recovery; recount (all locks) writers on TooManyKeys
 //   AllocState, bitmap            alloc-lock holder             alloc-lock holder
+//   a_holder_tid, s_holder_tid    that lock's holder            waiters (stuck-lock check)
 //   Stripe::s_count, s_tombs      stripe-lock holder            len() (relaxed), holder
 //   Stripe::s_table_gen/_ref      stripe-lock holder (resize)   lock-free readers
 //   Stripe::s_journal             stripe-lock holder            recovery (stripe lock)
@@ -86,7 +87,12 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free,
 struct AllocState {
   pthread_mutex_t a_mutex;
   std::atomic<uint32_t> a_op;       // AllocOp
-  uint32_t a_pad;
+  // Thread id of the a_mutex holder as its lock word shows it, 0 when free.
+  // Written by the holder right after locking and before unlocking; read
+  // (racily, sampled over seconds) by waiters to tell a real holder from a
+  // corrupted lock word (robust_mutex.cpp).  A stale value only delays that
+  // verdict or, if it stays wrong for the whole window, raises an error.
+  std::atomic<uint32_t> a_holder_tid;
   std::atomic<uint64_t> a_off;      // byte offset of the block being handed over
   std::atomic<uint64_t> a_units;    // its size in units
   std::atomic<uint64_t> a_target;   // byte offset of the journal field involved
@@ -158,6 +164,12 @@ struct alignas(kCacheLine) Stripe {
   pthread_mutex_t s_mutex;              // robust, process-shared
   std::atomic<uint64_t> s_count;        // live keys; len() sums these (relaxed)
   std::atomic<uint64_t> s_tombs;        // tombstones in the current table
+  // Thread id of the s_mutex holder as its lock word shows it, 0 when free:
+  // written by the holder right after locking and before unlocking, read by
+  // waiters (racily) to tell a real holder from a corrupted lock word; see
+  // AllocState::a_holder_tid and robust_mutex.cpp.
+  std::atomic<uint32_t> s_holder_tid;
+  uint32_t s_pad0;
 
   // line 1 — the reader line.  A seqlock: s_table_gen is odd while the table
   // is being replaced.  s_table_ref = table offset | log2(capacity); 0 = no
@@ -171,6 +183,8 @@ struct alignas(kCacheLine) Stripe {
 };
 
 static_assert(sizeof(Stripe) == 4 * kCacheLine, "Stripe must stay four cache lines");
+static_assert(offsetof(Stripe, s_table_gen) == kCacheLine,
+              "the writers' line (mutex, counts, holder) must fit in line 0");
 static_assert(sizeof(SegmentHeader) <= kPage, "header must fit its page");
 
 // ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "sharedbox/dict.hpp"
+#include "sharedbox/robust_mutex.hpp"
 
 namespace sbx {
 namespace {
@@ -65,19 +66,6 @@ bool compute_geometry(uint64_t size, uint32_t stripes, Geometry* g) {
     if (units == 0) return false;
     units -= units / 64 + 1;
   }
-}
-
-void init_robust_mutex(pthread_mutex_t* m) {
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-  // Error-checking: a thread that re-locks a stripe it holds gets EDEADLK
-  // (reported as an error) instead of hanging forever.
-  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-  int rc = pthread_mutex_init(m, &attr);
-  pthread_mutexattr_destroy(&attr);
-  if (rc != 0) throw Error(Errc::System, "pthread_mutex_init: " + errno_text(rc), rc);
 }
 
 uint64_t now_unix_ns() {
