@@ -721,8 +721,9 @@ void test_stats() {
   CHECK_EQ(st.key_bytes, key_bytes);
   CHECK_EQ(st.value_bytes, value_bytes);
   CHECK_EQ(st.record_bytes, record_bytes);
-  // Everything allocated is a record or an index table.
-  CHECK_EQ(st.used_bytes, st.record_bytes + st.table_bytes);
+  // Everything allocated is a record, an index table or a stripe's spare block.
+  CHECK_EQ(st.used_bytes, st.record_bytes + st.table_bytes + st.spare_bytes);
+  CHECK(st.spare_bytes <= uint64_t(st.stripes) * sbx::kSpareMaxUnits * 64);
   CHECK_EQ(st.used_bytes + st.free_bytes, st.heap_bytes);
   CHECK(st.table_bytes > 0);
   CHECK(st.largest_free_bytes <= st.free_bytes);
@@ -796,6 +797,8 @@ void test_stuck_locks() {
   if (!raw.ok()) return;
   for (int i = 0; i < 10; ++i) put(*d, "k" + std::to_string(i), "v" + std::to_string(i));
   const int self_tid = int(syscall(SYS_gettid));
+  // Too large for the stripe's spare block, so writing it needs the allocator.
+  const std::string big(2000, 'b');
 
   struct Case {
     const char* what;
@@ -813,12 +816,12 @@ void test_stuck_locks() {
     std::fprintf(stderr, "  stuck lock: %s\n", c.what);
     c.m->__data.__lock = c.lock_word;
     auto t0 = std::chrono::steady_clock::now();
-    CHECK_THROWS(sbx::Errc::Corrupt, put(*d, "new-key", "value"));
+    CHECK_THROWS(sbx::Errc::Corrupt, put(*d, "new-key", big));
     CHECK(seconds_since(t0) < 5.0);  // the 0.2 s window plus slices, with room for ASan
     // Lock-free reads never touch the lock.
     CHECK(value_of(*d, "k3") == "v3");
     c.m->__data.__lock = 0;  // the repair a test may do; the engine never does
-    CHECK(put(*d, "new-key", "value"));
+    CHECK(put(*d, "new-key", big));
     CHECK(erase(*d, "new-key"));
     CHECK_INTEGRITY(*d);
   }
@@ -827,13 +830,14 @@ void test_stuck_locks() {
   // would make waiters sleep on a private futex) is refused at once.
   int kind = raw.alloc_mutex()->__data.__kind;
   raw.alloc_mutex()->__data.__kind = kind & ~128;
-  CHECK_THROWS(sbx::Errc::Corrupt, put(*d, "new-key", "value"));
+  CHECK_THROWS(sbx::Errc::Corrupt, put(*d, "new-key", big));
   raw.alloc_mutex()->__data.__kind = kind;
   CHECK_INTEGRITY(*d);
 
   // An operation that fails after publishing (the allocator lock is stuck
   // when erase frees the record) leaves its journal open; the next holder
   // of the stripe lock replays it, as for a dead owner.
+  CHECK(put(*d, "k4", big));  // a block too large to become the stripe's spare
   raw.alloc_mutex()->__data.__lock = 0x3ffffff0;
   CHECK_THROWS(sbx::Errc::Corrupt, erase(*d, "k4"));
   CHECK(!contains(*d, "k4"));  // the tombstone was published

@@ -204,15 +204,16 @@ void Dict::free_block(std::atomic<uint64_t>* target, uint64_t units) {
 }
 
 // Whether `target` (read from a_target) is the offset of a stripe journal's
-// j_new or j_old field, the only fields alloc() and free_block() hand blocks
-// through.  Anything else is corrupt and is not written: a target inside a
+// j_new or j_old field or a stripe's s_spare, the only fields alloc() and
+// free_block() hand blocks through.  Anything else is corrupt and is not written: a target inside a
 // stripe's mutex, for one, would overwrite a lock this thread may hold.
 bool Dict::is_journal_target(uint64_t target) const {
   const uint64_t first = off_of(stripes_);
   if (target < first || target >= first + uint64_t(nstripes_) * sizeof(Stripe)) return false;
   const uint64_t in = (target - first) % sizeof(Stripe);
   const uint64_t journal = offsetof(Stripe, s_journal);
-  return in == journal + offsetof(Journal, j_new) || in == journal + offsetof(Journal, j_old);
+  return in == journal + offsetof(Journal, j_new) || in == journal + offsetof(Journal, j_old) ||
+         in == offsetof(Stripe, s_spare);
 }
 
 // Called with the allocator lock held after its previous owner died.  The

@@ -396,6 +396,7 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
   Stripe& s = stripe(si);
   Journal& j = s.s_journal;
 
+  bool reclaimed = false;  // spares handed back once before reporting a full segment
   for (;;) {
     StripeLock lock(this, si);
     Probe p = find_locked(s, k);
@@ -413,6 +414,11 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
           resize_locked(si, count + 1);
         } catch (const Error& e) {
           if (e.code() != Errc::SegmentFull) throw;
+          if (!reclaimed) {
+            lock.unlock();
+            reclaimed = true;
+            if (reclaim_spares()) continue;
+          }
           throw Error(Errc::SegmentFull,
                       "the segment is full: no room to grow the index for a new key (" +
                           std::to_string(size()) + " keys stored); delete keys or create a "
@@ -462,21 +468,29 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
     j.j_op.store(kOpPut, std::memory_order_release);
 
     auto roll_back = [&] {
-      free_block(&j.j_new, units);
+      free_block(&j.j_new, j.j_new_units.load(std::memory_order_relaxed));
       if (reserved) hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
       j.j_op.store(kOpNone, std::memory_order_release);
     };
 
-    uint64_t off;
-    try {
-      off = alloc(units, &j.j_new);
-    } catch (...) {  // the allocator lock failed before anything was allocated
-      if (reserved) hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
-      j.j_op.store(kOpNone, std::memory_order_release);
-      throw;
+    uint64_t off = take_spare(s, units);
+    uint64_t block_units = off ? j.j_new_units.load(std::memory_order_relaxed) : units;
+    if (!off) {
+      try {
+        off = alloc(units, &j.j_new);
+      } catch (...) {  // the allocator lock failed before anything was allocated
+        if (reserved) hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+        j.j_op.store(kOpNone, std::memory_order_release);
+        throw;
+      }
     }
     if (!off) {
       roll_back();
+      if (!reclaimed) {
+        lock.unlock();
+        reclaimed = true;
+        if (reclaim_spares()) continue;
+      }
       throw Error(Errc::SegmentFull,
                   "the segment '" + name_ + "' is full: no free block of " +
                       std::to_string(units * kUnit) + " bytes for this value; delete keys or "
@@ -485,7 +499,7 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
     uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 17) |
                      (uint64_t(si) << 1);
     try {
-      write_record(off, units, stamp, k, src, vmax);
+      write_record(off, block_units, stamp, k, src, vmax);
     } catch (...) {
       roll_back();
       throw;
@@ -496,10 +510,58 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
       s.s_count.store(count + 1, std::memory_order_relaxed);
       if (p.free_is_tomb) s.s_tombs.store(tombs - 1, std::memory_order_relaxed);
     }
-    if (old_off) free_block(&j.j_old, old_units);
+    if (old_off) retire_block(s, &j.j_old, old_units);
     j.j_op.store(kOpNone, std::memory_order_release);
     return true;
   }
+}
+
+// Takes the stripe's spare block for a record of `units` if it fits without
+// wasting more than half of it, handing it to the journal's j_new first (see
+// Stripe::s_spare).  Returns its offset (j_new_units then holds its size), or
+// 0 to use the allocator.
+uint64_t Dict::take_spare(Stripe& s, uint64_t units) {
+  uint64_t spare = s.s_spare.load(std::memory_order_relaxed);
+  uint64_t spare_units = s.s_spare_units.load(std::memory_order_relaxed);
+  if (!spare || spare_units < units || spare_units > units + units / 2) return 0;
+  if (spare < heap_off_ || (spare - heap_off_) % kUnit != 0 || spare_units > kSpareMaxUnits ||
+      (spare - heap_off_) / kUnit + spare_units > heap_units_)
+    throw Error(Errc::Corrupt, "stripe spare block out of bounds");
+  Journal& j = s.s_journal;
+  j.j_new_units.store(spare_units, std::memory_order_relaxed);
+  j.j_new.store(spare, std::memory_order_release);
+  s.s_spare.store(0, std::memory_order_release);
+  return spare;
+}
+
+// Gives up the block in *target (a journal field): small blocks become the
+// stripe's spare when it has none, the rest go back to the allocator.
+void Dict::retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units) {
+  uint64_t off = target->load(std::memory_order_relaxed);
+  if (off && units <= kSpareMaxUnits && s.s_spare.load(std::memory_order_relaxed) == 0) {
+    s.s_spare_units.store(units, std::memory_order_relaxed);
+    s.s_spare.store(off, std::memory_order_release);
+    target->store(0, std::memory_order_release);
+    return;
+  }
+  free_block(target, units);
+}
+
+// Hands every stripe's spare back to the allocator, taking one stripe lock at
+// a time (the caller holds none).  Called once before a write reports a full
+// segment, so that space freed by deletes elsewhere is found.  Returns whether
+// anything was handed back.
+bool Dict::reclaim_spares() {
+  bool any = false;
+  for (uint32_t i = 0; i < nstripes_; ++i) {
+    Stripe& s = stripe(i);
+    if (s.s_spare.load(std::memory_order_relaxed) == 0) continue;  // racy peek; rechecked
+    StripeLock lock(this, i);
+    if (s.s_spare.load(std::memory_order_relaxed) == 0) continue;
+    free_block(&s.s_spare, s.s_spare_units.load(std::memory_order_relaxed));
+    any = true;
+  }
+  return any;
 }
 
 bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
@@ -532,7 +594,7 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   table_slots(ref)[p.idx].store(kSlotTomb, std::memory_order_release);
   s.s_count.store(count - 1, std::memory_order_relaxed);
   s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
-  free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+  retire_block(s, &j.j_old, j.j_old_units.load(std::memory_order_relaxed));
   hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
   j.j_op.store(kOpNone, std::memory_order_release);
   return true;
@@ -552,6 +614,13 @@ void Dict::recover_stripe(uint32_t i) {
   uint64_t gen = s.s_table_gen.load(std::memory_order_relaxed);
   if (gen & 1) s.s_table_gen.store(gen + 1, std::memory_order_release);
   if (op == kOpNone) return;
+  // A block named by both the spare and the journal was being handed over
+  // (take_spare / retire_block): the journal's claim wins, and the replay
+  // below keeps or frees it.
+  uint64_t spare = s.s_spare.load(std::memory_order_relaxed);
+  if (spare && (spare == j.j_new.load(std::memory_order_relaxed) ||
+                spare == j.j_old.load(std::memory_order_relaxed)))
+    s.s_spare.store(0, std::memory_order_release);
 
   uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
   if (op == kOpResize) {
@@ -670,6 +739,8 @@ Stats Dict::stats() {
     st.entries += s.s_count.load(std::memory_order_relaxed);
     uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
     if (ref) st.table_bytes += table_units(table_log2(ref)) * kUnit;
+    if (s.s_spare.load(std::memory_order_relaxed))
+      st.spare_bytes += s.s_spare_units.load(std::memory_order_relaxed) * kUnit;
     for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t vl) {
       st.key_bytes += kl;
       st.value_bytes += vl;
@@ -746,6 +817,10 @@ std::vector<std::string> Dict::check_integrity() {
           claim(slot_record(c), r->r_units, "record");
         }
         if (!has_empty) problems.push_back("table has no empty slot");
+      }
+      if (uint64_t spare = s.s_spare.load()) {
+        if (s.s_spare_units.load() > kSpareMaxUnits) problems.push_back("spare block too large");
+        claim(spare, s.s_spare_units.load(), "spare");
       }
       if (live != s.s_count.load()) problems.push_back("stripe count differs from its table");
       if (tombs != s.s_tombs.load()) problems.push_back("stripe tombstone count differs");

@@ -76,6 +76,7 @@ struct Stats {
   uint64_t max_keys, entries, stripes, recoveries;
   uint64_t key_bytes, value_bytes, record_bytes, table_bytes;
   uint64_t largest_free_bytes;  // biggest block that could be allocated now
+  uint64_t spare_bytes;         // freed blocks the stripes keep for their next write
 };
 
 uint32_t default_stripes(uint64_t max_keys);
@@ -162,6 +163,10 @@ class Dict {
 
   uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top = false);
   void free_block(std::atomic<uint64_t>* target, uint64_t units);
+  // The stripe's spare block (Stripe::s_spare), stripe lock held.
+  uint64_t take_spare(Stripe& s, uint64_t units);
+  void retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units);
+  bool reclaim_spares();
   uint64_t bitmap_word(uint64_t w) const;
   uint64_t find_run(uint64_t units) const;
   uint64_t find_run_from_top(uint64_t units) const;

@@ -23,6 +23,7 @@
 //   Stripe::s_count, s_tombs      stripe-lock holder            len() (relaxed), holder
 //   Stripe::s_table_gen/_ref      stripe-lock holder (resize)   lock-free readers
 //   Stripe::s_journal             stripe-lock holder            recovery (stripe lock)
+//   Stripe::s_spare, _units       stripe-lock holder            recovery, check_integrity
 //   table slots                   stripe-lock holder            lock-free readers
 //   Record                        allocating writer, before     lock-free readers, who
 //                                 publication; then immutable   validate every read
@@ -67,6 +68,7 @@ constexpr uint32_t kMaxStripes = 4096;
 constexpr uint64_t kMaxKeysLimit = uint64_t(1) << 31;
 constexpr uint64_t kMaxSegmentBytes = uint64_t(1) << 44;  // 16 TiB
 constexpr uint32_t kMinTableLog2 = 4;                    // 16 slots
+constexpr uint64_t kSpareMaxUnits = 16;  // a stripe keeps freed blocks up to 1 KiB
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free,
               "shared-memory atomics must be address-free");
@@ -180,6 +182,16 @@ struct alignas(kCacheLine) Stripe {
   // lines 2-3 — journal and record stamps, writers and recovery only.
   alignas(kCacheLine) Journal s_journal;
   std::atomic<uint64_t> s_next_stamp;   // stamps are (counter << 16) | stripe index
+  // One small freed block (at most kSpareMaxUnits) the stripe keeps for its
+  // next write instead of handing it back to the allocator, so a steady
+  // stream of overwrites never takes the segment-wide allocator lock (two
+  // writers on disjoint keys would otherwise serialise on it).  Stripe-lock
+  // holder only; 0 = none.  The block stays marked used in the bitmap.
+  // Hand-overs with the journal (spare -> j_new, j_old -> spare) store the
+  // receiving field first, so a crash can leave the block named twice, never
+  // lost; recovery then lets the journal's claim win (Dict::recover_stripe).
+  std::atomic<uint64_t> s_spare;
+  std::atomic<uint64_t> s_spare_units;
 };
 
 static_assert(sizeof(Stripe) == 4 * kCacheLine, "Stripe must stay four cache lines");

@@ -148,6 +148,32 @@ int timed_lock(pthread_mutex_t* m, double slice_s) {
 #endif
 }
 
+// Before sleeping, a waiter spins a little: every critical section in the
+// engine is short (a slot store, a bitmap update), while a futex sleep and
+// wake-up costs microseconds on each side.  Without this, two processes
+// writing disjoint keys on a 16-core machine did 0.3x the work of one, both
+// sleeping on the allocator lock in turn.  The spin reads the word and only
+// retries the (cache-line stealing) trylock once the word looks free.
+constexpr int kSpinTries = 8;
+constexpr int kSpinPauses = 64;  // about a microsecond on current x86
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield" ::: "memory");
+#endif
+}
+
+int lock_spinning(pthread_mutex_t* m) {
+  int rc = EBUSY;
+  for (int t = 0; t < kSpinTries && rc == EBUSY; ++t) {
+    for (int i = 0; i < kSpinPauses && lock_word(m) != 0; ++i) cpu_relax();
+    rc = pthread_mutex_trylock(m);
+  }
+  return rc;
+}
+
 // The contended path: wait in slices; between slices decide whether the lock
 // is stuck (see the top of this file).
 int lock_slow(pthread_mutex_t* m, std::atomic<uint32_t>* holder, const char* what, int index) {
@@ -235,6 +261,7 @@ int lock_robust(pthread_mutex_t* m, std::atomic<uint32_t>* holder, const char* w
   check_kind(m, what, index);
   // Uncontended: one trylock, as cheap as pthread_mutex_lock's fast path.
   int rc = pthread_mutex_trylock(m);
+  if (rc == EBUSY) rc = lock_spinning(m);
   if (rc == EBUSY) rc = lock_slow(m, holder, what, index);
   if (rc != 0 && rc != EOWNERDEAD) throw_unusable(what, index, rc);
   // Record the holder as the lock word names it (the id in our own PID
