@@ -54,6 +54,12 @@ def fmt_ratio(x: float) -> str:
     return f"{x:.2f}×"
 
 
+def slow_note(data, systems_) -> str:
+    factors = data.get("slow_factors", {})
+    parts = [f"{data['labels'][s]} 1/{factors[s]}" for s in systems_ if factors.get(s, 1) > 1]
+    return ", ".join(parts) or "none"
+
+
 def _table(header: list, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -130,7 +136,7 @@ def markdown(data) -> str:
             f"\n### Small operations: time per operation\n\n{cfg['n']:,} keys of each kind "
             "(str, int, small dict values); values written by the owner process and read "
             "by a second process; keys in random order. Slow systems time fewer operations "
-            "(Manager 1/10, Redis 1/4, shared-memory-dict 1/200) over the same data.\n\n"
+            f"over the same data ({slow_note(data, cols)}).\n\n"
         )
         rows = []
         for metric, title in SMALL_ROWS:

@@ -39,9 +39,9 @@ JOBS = {
     "scale_write": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb-op", "redis"],
 }
 
-FULL = dict(n=20_000, min_ops=200, repeats=5, iter_keys=100_000, array_mib=[8, 64],
+FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
             burst_seconds=1.0, scale_keys=5_000, readers=[1, 2, 4], writers=[1, 2])
-QUICK = dict(n=2_000, min_ops=50, repeats=2, iter_keys=5_000, array_mib=[1],
+QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
              burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2])
 
 
@@ -326,7 +326,8 @@ def main(argv=None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     data = {"machine": machine(), "config": cfg, "versions": {}, "skipped": {}, "errors": {},
-            "results": {job: {} for job in jobs}, "labels": systems.labels()}
+            "results": {job: {} for job in jobs}, "labels": systems.labels(),
+            "slow_factors": {k: cls.slow_factor for k, cls in systems.SYSTEMS.items()}}
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     pythons = {}
     redis = None
@@ -374,6 +375,7 @@ def main(argv=None) -> int:
             redis.stop()
 
     data["seconds"] = round(time.monotonic() - started, 1)
+    data["store_prefix"] = runner.prefix
     markdown = report.markdown(data)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:

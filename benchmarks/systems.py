@@ -249,7 +249,7 @@ class UltraDictSystem(System):
 class SharedMemoryDictSystem(System):
     """shared-memory-dict: one pickled dict, re-read on every operation."""
 
-    key, label, slow_factor = "shm-dict", "shared-memory-dict", 200
+    key, label, slow_factor = "shm-dict", "shared-memory-dict", 1000
 
     def version(self):
         import importlib.metadata as md

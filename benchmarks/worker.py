@@ -43,6 +43,8 @@ def expected_value(kind: str, i: int, ops: int, repeats: int):
 
 
 def ops_for(job: dict, system: systems.System) -> int:
+    """Operations per timed loop: all n keys, or 1/slow_factor of them for
+    systems whose every operation costs milliseconds (at least min_ops)."""
     return max(job["min_ops"], job["n"] // system.slow_factor)
 
 
