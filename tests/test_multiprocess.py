@@ -153,6 +153,30 @@ def test_keys_atomic_is_a_point_in_time_snapshot(name):
     d.close()
 
 
+def test_len_counts_the_keys_present_at_one_instant(name):
+    """While one process inserts k0, k1, ... and deletes from the front, the
+    dict always holds 50 or 51 keys (once it has 50).  A len() that summed the
+    stripes' counts one after another could see a delete in one stripe but not
+    the insert before it in another, and answer 49."""
+    ctx = mp.get_context("spawn")
+    d = SharedDict(name, size=8 << 20, max_keys=200, stripes=64)
+    barrier = ctx.Barrier(2)
+    p = ctx.Process(target=helpers.sliding_window, args=(name, 60_000, 50, barrier))
+    p.start()
+    barrier.wait()
+    seen, full = [], False
+    while p.is_alive():
+        n = len(d)
+        full = full or n >= 50
+        if full:
+            seen.append(n)
+    join_all([p])
+    assert len(seen) > 100
+    assert set(seen) <= {50, 51}, sorted(set(seen))
+    assert len(d) == 50
+    d.close()
+
+
 @pytest.mark.parametrize("method", ["spawn", "fork"])
 def test_pool_tasks_receive_the_dict_as_an_argument(name, method):
     ctx = mp.get_context(method)

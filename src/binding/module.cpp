@@ -654,7 +654,7 @@ class Core {
 
   Py_ssize_t size() {
     Use d(this);
-    return Py_ssize_t(d->size());
+    return Py_ssize_t(d->exact_size());
   }
 
   nb::list keys(bool atomic) {

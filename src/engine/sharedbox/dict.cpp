@@ -214,6 +214,44 @@ uint64_t Dict::size() const {
   return n;
 }
 
+namespace {
+// Brackets the part of a put or erase during which s_count may disagree with
+// the slots (see Stripe::s_change_seq).  Nothing between them can throw.
+void begin_change(Stripe& s) {
+  uint64_t q = s.s_change_seq.load(std::memory_order_relaxed);
+  s.s_change_seq.store((q + 1) | 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+}
+void end_change(Stripe& s) {
+  uint64_t q = s.s_change_seq.load(std::memory_order_relaxed);
+  s.s_change_seq.store(q + 1, std::memory_order_release);
+}
+}  // namespace
+
+// Sums the stripe counts, then checks that no stripe's change sequence moved
+// (or was odd) meanwhile: every stripe was then quiet, with its count equal to
+// its keys, at the instant between the two passes.  A few tries lock-free,
+// then under every stripe lock, which stops all writers for one pass.
+uint64_t Dict::exact_size() {
+  std::vector<uint64_t> seen(nstripes_);
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    uint64_t n = 0;
+    bool quiet = true;
+    for (uint32_t i = 0; i < nstripes_ && quiet; ++i) {
+      const Stripe& s = stripe(i);
+      seen[i] = s.s_change_seq.load(std::memory_order_acquire);
+      quiet = (seen[i] & 1) == 0;
+      n += s.s_count.load(std::memory_order_relaxed);
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    for (uint32_t i = 0; i < nstripes_ && quiet; ++i)
+      quiet = stripe(i).s_change_seq.load(std::memory_order_relaxed) == seen[i];
+    if (quiet) return n;
+  }
+  AllStripesLock all(this);
+  return size();
+}
+
 // ---------------------------------------------------------------------------
 // Writes (stripe lock held).
 
@@ -505,10 +543,12 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
       throw;
     }
     // Publish: one store makes the complete record visible.
+    if (!p.found) begin_change(s);
     slots[slot_idx].store(make_full_slot(off, tag_of(k.hash)), std::memory_order_release);
     if (!p.found) {
       s.s_count.store(count + 1, std::memory_order_relaxed);
       if (p.free_is_tomb) s.s_tombs.store(tombs - 1, std::memory_order_relaxed);
+      end_change(s);
     }
     if (old_off) retire_block(s, &j.j_old, old_units);
     j.j_op.store(kOpNone, std::memory_order_release);
@@ -591,9 +631,11 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   j.j_tombs.store(tombs, std::memory_order_relaxed);
   j.j_op.store(kOpErase, std::memory_order_release);
 
+  begin_change(s);
   table_slots(ref)[p.idx].store(kSlotTomb, std::memory_order_release);
   s.s_count.store(count - 1, std::memory_order_relaxed);
   s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
+  end_change(s);
   retire_block(s, &j.j_old, j.j_old_units.load(std::memory_order_relaxed));
   hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
   j.j_op.store(kOpNone, std::memory_order_release);
@@ -613,6 +655,13 @@ void Dict::recover_stripe(uint32_t i) {
   uint32_t op = j.j_op.load(std::memory_order_acquire);
   uint64_t gen = s.s_table_gen.load(std::memory_order_relaxed);
   if (gen & 1) s.s_table_gen.store(gen + 1, std::memory_order_release);
+  struct EvenChangeSeq {  // after the counts below are repaired, whatever happens
+    Stripe& s;
+    ~EvenChangeSeq() {
+      uint64_t q = s.s_change_seq.load(std::memory_order_relaxed);
+      if (q & 1) s.s_change_seq.store(q + 1, std::memory_order_release);
+    }
+  } even_change_seq{s};
   if (op == kOpNone) return;
   // A block named by both the spare and the journal was being handed over
   // (take_spare / retire_block): the journal's claim wins, and the replay
@@ -784,6 +833,7 @@ std::vector<std::string> Dict::check_integrity() {
       Stripe& s = stripe(i);
       if (s.s_journal.j_op.load() != kOpNone) problems.push_back("stripe journal left open");
       if (s.s_table_gen.load() & 1) problems.push_back("stripe table generation left odd");
+      if (s.s_change_seq.load() & 1) problems.push_back("stripe change sequence left odd");
       uint64_t ref = s.s_table_ref.load();
       uint64_t live = 0, tombs = 0;
       if (ref) {

@@ -106,7 +106,8 @@ class Dict {
   // (under the lock, before removal).  Returns false if the key was absent.
   bool erase(const KeyRef& k, ValueSink* old_value = nullptr);
 
-  uint64_t size() const;
+  uint64_t size() const;        // sum of the stripe counts, each read once (cheap)
+  uint64_t exact_size();        // the keys present at one instant (len())
   // All keys.  atomic=true: every stripe locked at once (a snapshot).
   // atomic=false: one stripe at a time (weakly consistent, each key whole).
   std::vector<std::string> keys(bool atomic);

@@ -24,6 +24,7 @@
 //   Stripe::s_table_gen/_ref      stripe-lock holder (resize)   lock-free readers
 //   Stripe::s_journal             stripe-lock holder            recovery (stripe lock)
 //   Stripe::s_spare, _units       stripe-lock holder            recovery, check_integrity
+//   Stripe::s_change_seq          stripe-lock holder            len() (double collect)
 //   table slots                   stripe-lock holder            lock-free readers
 //   Record                        allocating writer, before     lock-free readers, who
 //                                 publication; then immutable   validate every read
@@ -192,6 +193,13 @@ struct alignas(kCacheLine) Stripe {
   // lost; recovery then lets the journal's claim win (Dict::recover_stripe).
   std::atomic<uint64_t> s_spare;
   std::atomic<uint64_t> s_spare_units;
+  // Odd while a put or erase is between publishing its slot and updating
+  // s_count, so that s_count matches the keys present whenever it is even.
+  // len() sums s_count over an interval in which no stripe's s_change_seq
+  // moved or was odd (a double collect), which makes the sum the number of
+  // keys present at one instant.  Stripe-lock holder writes; len() reads
+  // (acquire); recovery makes it even.
+  std::atomic<uint64_t> s_change_seq;
 };
 
 static_assert(sizeof(Stripe) == 4 * kCacheLine, "Stripe must stay four cache lines");
