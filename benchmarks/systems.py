@@ -152,19 +152,7 @@ class OldSharedBox(SharedBox):
     """The older public `sharedbox` (PyPI 0.2.4), run from its own venv."""
 
     key, label = "sharedbox-0.2.4", "sharedbox 0.2.4 (PyPI)"
-
-    def create(self, name, spec):
-        from sharedbox import SharedDict
-
-        self.name = name
-        self.d = SharedDict(
-            name, size=spec["segment_bytes"], create=True, max_keys=spec["max_keys"]
-        )
-
-    def attach(self, name, spec):
-        from sharedbox import SharedDict
-
-        self.d = SharedDict(name, create=False)
+    # Same constructor, close() and unlink() as ours: everything is inherited.
 
 
 
