@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstring>
 
+#include "sharedbox/crash_points.hpp"
 #include "sharedbox/dict.hpp"
 #include "sharedbox/locks.hpp"
 #include "sharedbox/robust_mutex.hpp"
@@ -166,12 +167,16 @@ uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_to
   a.a_units.store(units, std::memory_order_relaxed);
   a.a_target.store(off_of(target), std::memory_order_relaxed);
   a.a_op.store(kAllocAlloc, std::memory_order_release);
+  SBX_CRASH_POINT(alloc_journal_open);
   mark_units(first, units, true);
+  SBX_CRASH_POINT(alloc_bits_marked);
   target->store(off, std::memory_order_release);
+  SBX_CRASH_POINT(alloc_target_set);
   a.a_used_units.fetch_add(units, std::memory_order_relaxed);
   uint64_t hint = a.a_hint_word.load(std::memory_order_relaxed);
   while (hint < bitmap_words_ && bitmap_[hint] == ~uint64_t(0)) ++hint;
   a.a_hint_word.store(hint, std::memory_order_relaxed);
+  SBX_CRASH_POINT(alloc_counted);
   a.a_op.store(kAllocNone, std::memory_order_release);
   // Writers of the new block publish their first store (the record stamp or
   // the zeroed table) after this point; the release fence they issue pairs
@@ -194,12 +199,16 @@ void Dict::free_block(std::atomic<uint64_t>* target, uint64_t units) {
   a.a_units.store(units, std::memory_order_relaxed);
   a.a_target.store(off_of(target), std::memory_order_relaxed);
   a.a_op.store(kAllocFree, std::memory_order_release);
+  SBX_CRASH_POINT(free_journal_open);
   uint64_t first = (off - heap_off_) / kUnit;
   mark_units(first, units, false);
+  SBX_CRASH_POINT(free_bits_cleared);
   target->store(0, std::memory_order_release);
+  SBX_CRASH_POINT(free_target_cleared);
   a.a_used_units.fetch_sub(units, std::memory_order_relaxed);
   if (first / 64 < a.a_hint_word.load(std::memory_order_relaxed))
     a.a_hint_word.store(first / 64, std::memory_order_relaxed);
+  SBX_CRASH_POINT(free_counted);
   a.a_op.store(kAllocNone, std::memory_order_release);
 }
 
@@ -221,6 +230,7 @@ bool Dict::is_journal_target(uint64_t target) const {
 // idempotent), then recompute the derived counters from the bitmap.
 void Dict::recover_alloc() {
   AllocState& a = hdr_->h_alloc;
+  SBX_CRASH_POINT(recover_alloc_begin);
   uint32_t op = a.a_op.load(std::memory_order_acquire);
   if (op == kAllocAlloc || op == kAllocFree) {
     uint64_t off = a.a_off.load(), units = a.a_units.load(), target = a.a_target.load();
@@ -233,8 +243,10 @@ void Dict::recover_alloc() {
           ->store(op == kAllocAlloc ? off : 0, std::memory_order_release);
     }
   }
+  SBX_CRASH_POINT(recover_alloc_replayed);
   a.a_used_units.store(count_used_units(), std::memory_order_relaxed);
   a.a_hint_word.store(0, std::memory_order_relaxed);
+  SBX_CRASH_POINT(recover_alloc_counted);
   a.a_op.store(kAllocNone, std::memory_order_release);
 }
 

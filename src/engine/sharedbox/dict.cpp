@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "sharedbox/crash_points.hpp"
 #include "sharedbox/hash.hpp"
 #include "sharedbox/locks.hpp"
 #include "sharedbox/robust_mutex.hpp"
@@ -249,6 +250,7 @@ uint64_t Dict::exact_size() {
     if (quiet) return n;
   }
   AllStripesLock all(this);
+  SBX_CRASH_POINT(len_all_locked);
   return size();
 }
 
@@ -306,9 +308,11 @@ bool Dict::reserve_key() {
 // Recomputes h_reserved_keys from the stripe counts, all stripes locked.
 void Dict::recount() {
   AllStripesLock all(this);
+  SBX_CRASH_POINT(recount_all_locked);
   uint64_t n = 0;
   for (uint32_t i = 0; i < nstripes_; ++i) n += stripe(i).s_count.load(std::memory_order_relaxed);
   hdr_->h_reserved_keys.store(n, std::memory_order_release);
+  SBX_CRASH_POINT(recount_stored);
   hdr_->h_recount_needed.store(0, std::memory_order_release);
 }
 
@@ -368,6 +372,7 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
   j.j_count.store(s.s_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
   j.j_tombs.store(s.s_tombs.load(std::memory_order_relaxed), std::memory_order_relaxed);
   j.j_op.store(kOpResize, std::memory_order_release);
+  SBX_CRASH_POINT(resize_journal_open);
 
   uint64_t off;
   try {
@@ -380,6 +385,7 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
     j.j_op.store(kOpNone, std::memory_order_release);
     throw Error(Errc::SegmentFull, "");
   }
+  SBX_CRASH_POINT(resize_table_allocated);
   try {
     build_table(off, units, old_ref, lg);
   } catch (...) {
@@ -387,13 +393,18 @@ void Dict::resize_locked(uint32_t si, uint64_t want_keys) {
     j.j_op.store(kOpNone, std::memory_order_release);
     throw;
   }
+  SBX_CRASH_POINT(resize_table_built);
   uint64_t gen = s.s_table_gen.load(std::memory_order_relaxed);
   s.s_table_gen.store(gen + 1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
+  SBX_CRASH_POINT(resize_gen_odd);
   s.s_table_ref.store(make_table_ref(off, lg), std::memory_order_release);
+  SBX_CRASH_POINT(resize_published);
   s.s_table_gen.store(gen + 2, std::memory_order_release);
   s.s_tombs.store(0, std::memory_order_relaxed);
+  SBX_CRASH_POINT(resize_gen_even);
   free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+  SBX_CRASH_POINT(resize_old_freed);
   j.j_op.store(kOpNone, std::memory_order_release);
 }
 
@@ -477,6 +488,7 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
                         "(see recommend_sizing())");
       }
       reserved = true;
+      SBX_CRASH_POINT(put_key_reserved);
     }
     uint64_t slot_idx = p.found ? p.idx : p.free_idx;
     uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
@@ -504,10 +516,23 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
     j.j_count.store(count, std::memory_order_relaxed);
     j.j_tombs.store(tombs, std::memory_order_relaxed);
     j.j_op.store(kOpPut, std::memory_order_release);
+    SBX_CRASH_POINT(put_journal_open);
 
+    // Returns the key reservation of a put that will not publish.  The
+    // journal forgets it first: a crash in between leaves the count one too
+    // high (recovery requests a recount), whereas the other order would let
+    // recovery release it a second time and push the count below the keys
+    // present, after which max_keys could be exceeded.
+    auto release_reservation = [&] {
+      if (!reserved) return;
+      j.j_reserved.store(0, std::memory_order_relaxed);
+      hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);  // after the store above
+      SBX_CRASH_POINT(put_rollback_unreserved);
+    };
     auto roll_back = [&] {
       free_block(&j.j_new, j.j_new_units.load(std::memory_order_relaxed));
-      if (reserved) hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+      SBX_CRASH_POINT(put_rollback_freed);
+      release_reservation();
       j.j_op.store(kOpNone, std::memory_order_release);
     };
 
@@ -516,8 +541,8 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
     if (!off) {
       try {
         off = alloc(units, &j.j_new);
-      } catch (...) {  // the allocator lock failed before anything was allocated
-        if (reserved) hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+      } catch (...) {  // nothing was allocated (a failed lock, or /dev/shm is full)
+        release_reservation();
         j.j_op.store(kOpNone, std::memory_order_release);
         throw;
       }
@@ -542,16 +567,27 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
       roll_back();
       throw;
     }
+    SBX_CRASH_POINT(put_record_written);
     // Publish: one store makes the complete record visible.
-    if (!p.found) begin_change(s);
+    if (!p.found) {
+      begin_change(s);
+      SBX_CRASH_POINT(put_change_begun);
+    }
     slots[slot_idx].store(make_full_slot(off, tag_of(k.hash)), std::memory_order_release);
+    SBX_CRASH_POINT(put_published);
     if (!p.found) {
       s.s_count.store(count + 1, std::memory_order_relaxed);
       if (p.free_is_tomb) s.s_tombs.store(tombs - 1, std::memory_order_relaxed);
+      SBX_CRASH_POINT(put_counted);
       end_change(s);
+      SBX_CRASH_POINT(put_change_ended);
     }
-    if (old_off) retire_block(s, &j.j_old, old_units);
+    if (old_off) {
+      retire_block(s, &j.j_old, old_units);
+      SBX_CRASH_POINT(put_old_retired);
+    }
     j.j_op.store(kOpNone, std::memory_order_release);
+    SBX_CRASH_POINT(put_done);
     return true;
   }
 }
@@ -570,7 +606,9 @@ uint64_t Dict::take_spare(Stripe& s, uint64_t units) {
   Journal& j = s.s_journal;
   j.j_new_units.store(spare_units, std::memory_order_relaxed);
   j.j_new.store(spare, std::memory_order_release);
+  SBX_CRASH_POINT(spare_named_by_journal);
   s.s_spare.store(0, std::memory_order_release);
+  SBX_CRASH_POINT(spare_taken);
   return spare;
 }
 
@@ -581,7 +619,9 @@ void Dict::retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units
   if (off && units <= kSpareMaxUnits && s.s_spare.load(std::memory_order_relaxed) == 0) {
     s.s_spare_units.store(units, std::memory_order_relaxed);
     s.s_spare.store(off, std::memory_order_release);
+    SBX_CRASH_POINT(retire_named_by_spare);
     target->store(0, std::memory_order_release);
+    SBX_CRASH_POINT(retire_spare_kept);
     return;
   }
   free_block(target, units);
@@ -598,7 +638,9 @@ bool Dict::reclaim_spares() {
     if (s.s_spare.load(std::memory_order_relaxed) == 0) continue;  // racy peek; rechecked
     StripeLock lock(this, i);
     if (s.s_spare.load(std::memory_order_relaxed) == 0) continue;
+    SBX_CRASH_POINT(reclaim_stripe_locked);
     free_block(&s.s_spare, s.s_spare_units.load(std::memory_order_relaxed));
+    SBX_CRASH_POINT(reclaim_spare_freed);
     any = true;
   }
   return any;
@@ -630,15 +672,26 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   j.j_count.store(count, std::memory_order_relaxed);
   j.j_tombs.store(tombs, std::memory_order_relaxed);
   j.j_op.store(kOpErase, std::memory_order_release);
+  SBX_CRASH_POINT(erase_journal_open);
 
   begin_change(s);
+  SBX_CRASH_POINT(erase_change_begun);
   table_slots(ref)[p.idx].store(kSlotTomb, std::memory_order_release);
+  SBX_CRASH_POINT(erase_published);
   s.s_count.store(count - 1, std::memory_order_relaxed);
   s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
+  SBX_CRASH_POINT(erase_counted);
   end_change(s);
+  SBX_CRASH_POINT(erase_change_ended);
   retire_block(s, &j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+  SBX_CRASH_POINT(erase_old_retired);
+  // Released after the key is gone and while the journal is open: a crash
+  // before this leaves the count too high (recovery requests a recount);
+  // recovery of a published erase never releases it again.
   hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+  SBX_CRASH_POINT(erase_unreserved);
   j.j_op.store(kOpNone, std::memory_order_release);
+  SBX_CRASH_POINT(erase_done);
   return true;
 }
 
@@ -648,13 +701,26 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
 // says whether its publishing store happened.  Roll forward or back, then
 // restore the counters from the journal.  h_reserved_keys cannot be repaired
 // locally (another stripe may be changing it), so a recount is requested.
+// Every step is idempotent, so a crash inside recovery is repaired by the
+// next holder running it again.
 void Dict::recover_stripe(uint32_t i) {
   Stripe& s = stripe(i);
   Journal& j = s.s_journal;
   hdr_->h_recount_needed.store(1, std::memory_order_release);
+  SBX_CRASH_POINT(recover_stripe_begin);
+  // Settle the allocator before reading anything here.  The dead holder may
+  // have died inside alloc() or free_block() with a field of this stripe as
+  // the target (j_new, j_old or s_spare), even with the stripe journal closed
+  // (reclaim_spares frees s_spare outside any stripe operation).  The
+  // allocator's replay rewrites that field; acting on it before the replay
+  // would, for one, hand out a spare block that the replay then frees.
+  // Taking the allocator lock runs any pending replay (Dict::lock_alloc).
+  { AllocLock settle(this); }
+  SBX_CRASH_POINT(recover_stripe_alloc_settled);
   uint32_t op = j.j_op.load(std::memory_order_acquire);
   uint64_t gen = s.s_table_gen.load(std::memory_order_relaxed);
   if (gen & 1) s.s_table_gen.store(gen + 1, std::memory_order_release);
+  SBX_CRASH_POINT(recover_stripe_seq_even);
   struct EvenChangeSeq {  // after the counts below are repaired, whatever happens
     Stripe& s;
     ~EvenChangeSeq() {
@@ -668,8 +734,10 @@ void Dict::recover_stripe(uint32_t i) {
   // below keeps or frees it.
   uint64_t spare = s.s_spare.load(std::memory_order_relaxed);
   if (spare && (spare == j.j_new.load(std::memory_order_relaxed) ||
-                spare == j.j_old.load(std::memory_order_relaxed)))
+                spare == j.j_old.load(std::memory_order_relaxed))) {
     s.s_spare.store(0, std::memory_order_release);
+    SBX_CRASH_POINT(recover_stripe_spare_cleared);
+  }
 
   uint64_t ref = s.s_table_ref.load(std::memory_order_relaxed);
   if (op == kOpResize) {
@@ -680,7 +748,9 @@ void Dict::recover_stripe(uint32_t i) {
     } else {  // not published: drop the new one
       free_block(&j.j_new, j.j_new_units.load(std::memory_order_relaxed));
     }
+    SBX_CRASH_POINT(recover_stripe_replayed);
     j.j_op.store(kOpNone, std::memory_order_release);
+    SBX_CRASH_POINT(recover_stripe_done);
     return;
   }
 
@@ -701,12 +771,19 @@ void Dict::recover_stripe(uint32_t i) {
       s.s_count.store(count + (insert ? 1 : 0), std::memory_order_relaxed);
       s.s_tombs.store(tombs - (insert && j.j_was_tomb.load() ? 1 : 0), std::memory_order_relaxed);
       free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+      SBX_CRASH_POINT(recover_stripe_replayed);
     } else {
       free_block(&j.j_new, j.j_new_units.load(std::memory_order_relaxed));
       s.s_count.store(count, std::memory_order_relaxed);
       s.s_tombs.store(tombs, std::memory_order_relaxed);
-      if (insert && j.j_reserved.load(std::memory_order_relaxed))
+      SBX_CRASH_POINT(recover_stripe_replayed);
+      // As in put's roll-back: forget the reservation, then release it, so
+      // that a crash in between cannot make a rerun release it twice.
+      if (insert && j.j_reserved.load(std::memory_order_relaxed)) {
+        j.j_reserved.store(0, std::memory_order_relaxed);
         hdr_->h_reserved_keys.fetch_sub(1, std::memory_order_acq_rel);
+        SBX_CRASH_POINT(recover_stripe_unreserved);
+      }
     }
   } else if (op == kOpErase) {
     if (slot_state(c) == kSlotTomb) {  // published
@@ -717,8 +794,10 @@ void Dict::recover_stripe(uint32_t i) {
       s.s_count.store(count, std::memory_order_relaxed);
       s.s_tombs.store(tombs, std::memory_order_relaxed);
     }
+    SBX_CRASH_POINT(recover_stripe_replayed);
   }
   j.j_op.store(kOpNone, std::memory_order_release);
+  SBX_CRASH_POINT(recover_stripe_done);
 }
 
 // ---------------------------------------------------------------------------
@@ -891,9 +970,21 @@ std::vector<std::string> Dict::check_integrity() {
     if (hdr_->h_alloc.a_used_units.load() != bitmap_used)
       problems.push_back("allocator used counter differs from its bitmap");
     if (hdr_->h_alloc.a_op.load() != kAllocNone) problems.push_back("allocator journal left open");
-    if (!hdr_->h_recount_needed.load() && hdr_->h_reserved_keys.load() != total)
-      problems.push_back("reserved key count " + std::to_string(hdr_->h_reserved_keys.load()) +
-                         " differs from " + std::to_string(total) + " keys");
+    // The reservation may run ahead of the keys after a crash (a recount is
+    // then pending) but never behind them: that is what keeps max_keys.
+    const uint64_t reserved = hdr_->h_reserved_keys.load();
+    if (total > max_keys_)
+      problems.push_back(std::to_string(total) + " keys present, more than max_keys " +
+                         std::to_string(max_keys_));
+    if (reserved > max_keys_)
+      problems.push_back("reserved key count " + std::to_string(reserved) +
+                         " is above max_keys " + std::to_string(max_keys_));
+    if (reserved < total)
+      problems.push_back("reserved key count " + std::to_string(reserved) + " is below the " +
+                         std::to_string(total) + " keys present");
+    else if (!hdr_->h_recount_needed.load() && reserved != total)
+      problems.push_back("reserved key count " + std::to_string(reserved) + " differs from " +
+                         std::to_string(total) + " keys");
   }
   return problems;
 }
