@@ -564,7 +564,7 @@ class Core {
     o.max_keys = max_keys;
     o.stripes = stripes;
     o.mode = mode;
-    o.attach_timeout_s = attach_timeout;
+    (void)attach_timeout;  // attaching never waits (segment.cpp)
     {
       nb::gil_scoped_release unlocked;  // attaching may wait for a creator
       dict_ = sbx::Dict::open(o, &created_);

@@ -8,6 +8,9 @@
 // that may hold a free bit, which keeps the live data packed at the low end of
 // the segment (only touched pages cost memory).
 #include <errno.h>
+#include <fcntl.h>
+
+#include <algorithm>
 
 #include <cstddef>
 #include <cstring>
@@ -162,6 +165,7 @@ uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_to
   AllocState& a = hdr_->h_alloc;
   uint64_t first = from_top ? find_run_from_top(units) : find_run(units);
   if (first == UINT64_MAX || first > heap_units_ || units > heap_units_ - first) return 0;
+  reserve_units(first, units);  // may throw SegmentFull: nothing changed yet
   uint64_t off = heap_off_ + first * kUnit;
   a.a_off.store(off, std::memory_order_relaxed);
   a.a_units.store(units, std::memory_order_relaxed);
@@ -182,6 +186,32 @@ uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_to
   // the zeroed table) after this point; the release fence they issue pairs
   // with lock-free readers that may still be copying what the block held.
   return off;
+}
+
+// Reserves the /dev/shm pages of heap units [first, first + units) before the
+// allocator hands them out (alloc lock held).  Segments are sparse: a page
+// costs memory only once touched, and touching one when the tmpfs is full
+// kills the process with SIGBUS.  Reserving each range when the allocator
+// first reaches it keeps the cost sparse and turns a full tmpfs into a clean
+// SegmentFull here.  Ranges are rounded out to kReserveChunk so that the
+// marks advance in steps of whole chunks, not one syscall per allocation.
+void Dict::reserve_units(uint64_t first, uint64_t units) {
+  constexpr uint64_t kReserveChunk = (1u << 20) / kUnit;  // 1 MiB
+  AllocState& a = hdr_->h_alloc;
+  const uint64_t end = first + units;
+  const uint64_t low = a.a_reserved_low.load(std::memory_order_relaxed);
+  const uint64_t high = a.a_reserved_high.load(std::memory_order_relaxed);
+  if (end <= low || first >= high) return;
+  const uint64_t from = first / kReserveChunk * kReserveChunk;
+  const uint64_t to = std::min((end + kReserveChunk - 1) / kReserveChunk * kReserveChunk,
+                               heap_units_);
+  if (int e = ::posix_fallocate(fd_, off_t(heap_off_ + from * kUnit), off_t((to - from) * kUnit))) {
+    if (e == ENOSPC || e == ENOMEM) throw Error(Errc::SegmentFull, shm_full_message(name_, e), e);
+    throw Error(Errc::System, "cannot reserve memory for segment '" + name_ + "': " +
+                                  std::strerror(e), e);
+  }
+  if (from <= low && to > low) a.a_reserved_low.store(to, std::memory_order_relaxed);
+  if (to >= high && from < high) a.a_reserved_high.store(from, std::memory_order_relaxed);
 }
 
 // Frees the block whose offset is in *target and zeroes *target, in one

@@ -27,6 +27,22 @@ inline void cpu_relax() {
 #endif
 }
 
+// A plain field of a record read by a lock-free reader, which may race with
+// a writer reusing the block: an atomic (relaxed) load, so that the race is
+// defined behaviour and the read takes part in the fence argument in
+// Dict::get.  Compiles to an ordinary load.
+template <class T>
+inline T racy_load(const T& field) {
+  return __atomic_load_n(&field, __ATOMIC_RELAXED);
+}
+
+// The writer's side of racy_load: a block being rebuilt may still be read by
+// a lock-free reader of what it held before.
+template <class T>
+inline void racy_store(T& field, T value) {
+  __atomic_store_n(&field, value, __ATOMIC_RELAXED);
+}
+
 inline uint64_t tag_of(uint64_t hash) { return (hash >> 16) & 0x3FFFFFu; }
 
 // Heap units of a table of 2^log2cap slots.
@@ -93,7 +109,7 @@ Slot* Dict::table_slots(uint64_t ref) const {
 const RecordHeader* Dict::record(uint64_t off, uint64_t* klen, uint64_t* vlen) const {
   if (off < heap_off_ || off > size_ || size_ - off < kHeaderBytes) return nullptr;
   auto* r = reinterpret_cast<const RecordHeader*>(base_ + off);
-  uint64_t kl = r->r_klen, vl = r->r_vlen;
+  uint64_t kl = racy_load(r->r_klen), vl = racy_load(r->r_vlen);
   uint64_t room = size_ - off - kHeaderBytes;
   if (kl > room || vl > room - kl) return nullptr;
   *klen = kl;
@@ -104,7 +120,7 @@ const RecordHeader* Dict::record(uint64_t off, uint64_t* klen, uint64_t* vlen) c
 bool Dict::record_matches(uint64_t off, const KeyRef& k) const {
   uint64_t kl, vl;
   const RecordHeader* r = record(off, &kl, &vl);
-  return r && r->r_hash == k.hash && kl == k.len &&
+  return r && racy_load(r->r_hash) == k.hash && kl == k.len &&
          std::memcmp(reinterpret_cast<const uint8_t*>(r) + kHeaderBytes, k.data, k.len) == 0;
 }
 
@@ -147,6 +163,31 @@ bool Dict::get(const KeyRef& k, ValueSink& sink) {
       }
       auto* r = reinterpret_cast<const RecordHeader*>(base_ + roff);
       uint64_t stamp = r->r_stamp.load(std::memory_order_acquire);
+      // The re-check after a copy, and why it is enough under the C++
+      // memory model (not only x86's):
+      //  * Every writer that can change what this reader copies first makes
+      //    the change visible as such, then issues a release fence, then
+      //    writes the data: write_record stores an odd stamp, build_table
+      //    writes the table words; a freed block is only reused after the
+      //    writer took the allocator lock, which orders it after the store
+      //    that unpublished the block (a new slot word, an erase, a new
+      //    s_table_ref under an odd s_table_gen).
+      //  * The reader loads the record's fields with atomic loads
+      //    (racy_load, slot words, stamp), then issues an acquire fence, then
+      //    re-loads slot, stamp and generation.  If any load before the fence
+      //    read a value written after a writer's release fence, the two
+      //    fences synchronise ([atomics.fences]/4), so everything the writer
+      //    did before its fence (the odd stamp, the new slot word, the odd
+      //    or bumped generation) happens-before the re-loads, which must see
+      //    it (or later values) and so fail.  If no load read such a value,
+      //    the copy is of the complete record that the acquire load of the
+      //    slot (paired with the publishing release store) made visible.
+      //  * The value bytes are copied with memcpy, not atomics: the one
+      //    deliberate data race, as in every seqlock that copies bulk data
+      //    (the reader's fence still orders those loads before the re-check
+      //    on ARM and POWER, where it is a load-load barrier).  A copy that
+      //    fails the re-check is thrown away before anything interprets it
+      //    beyond bounds-checked parsing.
       auto still_valid = [&] {
         std::atomic_thread_fence(std::memory_order_acquire);
         return slots[pos].load(std::memory_order_relaxed) == c &&
@@ -420,15 +461,15 @@ __attribute__((noinline)) void Dict::write_record(uint64_t off, uint64_t units, 
   auto* r = reinterpret_cast<RecordHeader*>(base_ + off);
   r->r_stamp.store(stamp | kStampBuilding, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
-  r->r_hash = k.hash;
-  r->r_units = units;
-  r->r_klen = k.len;
-  r->r_vpad = 0;
+  racy_store(r->r_hash, k.hash);
+  racy_store(r->r_units, units);
+  racy_store(r->r_klen, k.len);
+  racy_store(r->r_vpad, uint32_t(0));
   std::memcpy(base_ + off + kHeaderBytes, k.data, k.len);
   uint64_t voff = off + kHeaderBytes + k.len;
   uint64_t vlen = src.write(base_ + voff, voff);
   if (vlen > vmax) throw Error(Errc::Corrupt, "value writer overran its declared size");
-  r->r_vlen = vlen;
+  racy_store(r->r_vlen, vlen);
   r->r_stamp.store(stamp, std::memory_order_release);
 }
 
@@ -818,6 +859,7 @@ void Dict::for_each_record(uint32_t i, Fn&& fn) const {
   // is out of bounds here is harmless; record() still checks it before use.
   constexpr uint64_t kAhead = 8;
   const uintptr_t base = reinterpret_cast<uintptr_t>(base_);
+  uint64_t walked_units = 0;
   for (uint64_t n = 0; n < cap; ++n) {
     if (n + kAhead < cap) {
       uint64_t ahead = slots[n + kAhead].load(std::memory_order_relaxed);
@@ -829,6 +871,15 @@ void Dict::for_each_record(uint32_t i, Fn&& fn) const {
     uint64_t kl, vl;
     const RecordHeader* r = record(slot_record(c), &kl, &vl);
     if (!r) throw Error(Errc::Corrupt, "record out of bounds");
+    // Live records never overlap, so together they fit in the heap.  Checking
+    // that bounds what a walk can produce (keys() copies every key) by the
+    // heap size, whatever a corrupt table points at.
+    const uint64_t units = r->r_units;
+    if (units == 0 || units > heap_units_ - walked_units ||
+        kHeaderBytes + kl + vl > units * kUnit)
+      throw Error(Errc::Corrupt, "stripe " + std::to_string(i) +
+                                     " has records that overlap or overrun their blocks");
+    walked_units += units;
     fn(r, kl, vl);
   }
 }
@@ -838,8 +889,12 @@ std::vector<std::string> Dict::keys(bool atomic) {
   // The counts may be corrupt, and so may max_keys (the header only bounds it
   // by 2^31): reserve no more than the heap could hold, one key per unit.
   out.reserve(std::min({size(), max_keys_, heap_units_}));
+  uint64_t units = 0;  // over all stripes: the keys copied fit in the heap
   auto collect = [&](uint32_t i) {
     for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t) {
+      units += r->r_units;
+      if (units > heap_units_)
+        throw Error(Errc::Corrupt, "the index names more record bytes than the heap holds");
       out.emplace_back(reinterpret_cast<const char*>(r) + kHeaderBytes, kl);
     });
   };

@@ -34,7 +34,6 @@ struct OpenOptions {
   uint64_t max_keys = 128;
   uint32_t stripes = 0;        // 0 = default_stripes(max_keys)
   uint32_t mode = 0600;
-  double attach_timeout_s = 5.0;  // how long to wait for a creator to finish
 };
 
 // A key prepared for lookup: its UTF-8 bytes and its hash in this segment.
@@ -119,11 +118,14 @@ class Dict {
   uint64_t segment_bytes() const { return size_; }
   uint64_t max_keys() const { return max_keys_; }
   uint32_t stripe_count() const { return nstripes_; }
-  uint32_t creator_pid() const { return hdr_->h_creator_pid; }
-  uint32_t mode() const { return hdr_->h_mode; }
+  uint32_t creator_pid() const { return creator_pid_; }
+  uint32_t mode() const { return mode_; }
+  // When the segment was created (CLOCK_REALTIME, ns): with the name, it
+  // tells this segment from a later one that reuses the name.
+  uint64_t created_unix_ns() const { return created_unix_ns_; }
 
  private:
-  Dict(std::string name, uint8_t* base, uint64_t size);
+  Dict(std::string name, uint8_t* base, uint64_t size, int fd, const SegmentHeader& identity);
   friend class StripeLock;
   friend class AllocLock;
   friend class AllStripesLock;
@@ -163,6 +165,7 @@ class Dict {
   void recount();
 
   uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top = false);
+  void reserve_units(uint64_t first, uint64_t units);
   void free_block(std::atomic<uint64_t>* target, uint64_t units);
   // The stripe's spare block (Stripe::s_spare), stripe lock held.
   uint64_t take_spare(Stripe& s, uint64_t units);
@@ -178,6 +181,7 @@ class Dict {
   std::string name_;
   uint8_t* base_;
   uint64_t size_;
+  int fd_;  // kept open to reserve heap pages (posix_fallocate) as they are reached
   SegmentHeader* hdr_;
   // Geometry and identity, copied once from the validated header: nothing
   // after attach re-reads them from shared memory, so a stray write to the
@@ -187,6 +191,11 @@ class Dict {
   uint64_t heap_off_, heap_units_, bitmap_words_;
   uint64_t* bitmap_;
   uint64_t hash_seed_, max_keys_;
+  uint32_t creator_pid_, mode_;
+  uint64_t created_unix_ns_;
 };
+
+// The SegmentFull message for a /dev/shm that has no memory left (errno e).
+std::string shm_full_message(const std::string& name, int e);
 
 }  // namespace sbx

@@ -19,6 +19,7 @@
 //   h_reserved_keys               any writer, atomic RMW        writers (max_keys check)
 //   h_recount_needed              recovery; recount (all locks) writers on TooManyKeys
 //   AllocState, bitmap            alloc-lock holder             alloc-lock holder
+//   a_reserved_low/_high          alloc-lock holder             alloc-lock holder
 //   a_holder_tid, s_holder_tid    that lock's holder            waiters (stuck-lock check)
 //   Stripe::s_count, s_tombs      stripe-lock holder            len() (relaxed), holder
 //   Stripe::s_table_gen/_ref      stripe-lock holder (resize)   lock-free readers
@@ -42,8 +43,9 @@
 // Why a crash is safe: each mutation is described in the owning lock's journal
 // before it starts, and publishes with a single atomic store.  The next process
 // to take a robust mutex whose owner died (EOWNERDEAD) replays the journal:
-// roll forward if the store happened, roll back otherwise.  docs/design.md has
-// the state-by-state table.
+// roll forward if the store happened, roll back otherwise.  Every step between
+// two shared effects is a named crash point (crash_points.hpp), and a test
+// kills a process at each one; docs/design.md has the point-by-point table.
 #pragma once
 
 #include <pthread.h>
@@ -57,7 +59,9 @@ namespace sbx {
 // "SHRDBOX" + layout generation, little-endian.  A segment whose first eight
 // bytes differ is foreign and is never read further.
 constexpr uint64_t kMagic = 0x0158'4F42'4452'4853ULL;
-constexpr uint32_t kLayoutVersion = 1;
+// 2: heap reservation marks (AllocState::a_reserved_*); segments are
+//    published whole under their name (segment.cpp).
+constexpr uint32_t kLayoutVersion = 2;
 // h_ready holds this value once the creator has finished initialising.
 constexpr uint32_t kReadyMark = 0x5245'4459u;  // "READY"
 
@@ -101,6 +105,15 @@ struct AllocState {
   std::atomic<uint64_t> a_target;   // byte offset of the journal field involved
   std::atomic<uint64_t> a_used_units;  // units allocated; readers: stats (relaxed)
   std::atomic<uint64_t> a_hint_word;   // no free bit below this bitmap word
+  // Heap units [0, a_reserved_low) and [a_reserved_high, h_heap_units) have
+  // their pages reserved in /dev/shm (posix_fallocate), so touching them can
+  // never raise SIGBUS on a full tmpfs.  Records grow from the bottom and
+  // tables from the top, so two marks cover nearly every allocation; a block
+  // outside both is reserved on its own.  Marks only move after a reservation
+  // succeeded and reservations are never given back, so a stale or replayed
+  // value is safe: at worst a range is reserved again (idempotent).
+  std::atomic<uint64_t> a_reserved_low;
+  std::atomic<uint64_t> a_reserved_high;
 };
 
 enum AllocOp : uint32_t { kAllocNone = 0, kAllocAlloc = 1, kAllocFree = 2 };

@@ -1,6 +1,7 @@
 // segment.cpp — creating, attaching to and removing a segment, and laying out
 // a new one.  Everything here runs before the segment is shared (creation) or
-// reads only the identity block that is immutable once h_ready is set.
+// reads only a private copy of the identity block, which is immutable once
+// the segment has its name.
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -10,10 +11,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <chrono>
+#include <dirent.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
-#include <thread>
 
 #include "sharedbox/dict.hpp"
 #include "sharedbox/robust_mutex.hpp"
@@ -97,6 +100,8 @@ void initialise(uint8_t* base, uint64_t size, const OpenOptions& o, uint32_t str
   std::random_device rd;
   h->h_hash_seed = (uint64_t(rd()) << 32) ^ rd() ^ h->h_created_unix_ns;
   init_robust_mutex(&h->h_alloc.a_mutex);
+  h->h_alloc.a_reserved_low.store(0, std::memory_order_relaxed);  // nothing in the heap yet
+  h->h_alloc.a_reserved_high.store(g.heap_units, std::memory_order_relaxed);
   auto* st = reinterpret_cast<Stripe*>(base + g.stripe_off);
   for (uint32_t i = 0; i < stripes; ++i) {
     init_robust_mutex(&st[i].s_mutex);
@@ -113,31 +118,6 @@ void initialise(uint8_t* base, uint64_t size, const OpenOptions& o, uint32_t str
 bool pid_alive(uint32_t pid) {
   if (pid == 0) return true;
   return ::kill(pid_t(pid), 0) == 0 || errno == EPERM;
-}
-
-// Validates the identity block of an initialised segment of st_size bytes.
-void check_header(const SegmentHeader* h, uint64_t st_size, const std::string& name) {
-  if (h->h_magic != kMagic)
-    throw Error(Errc::Incompatible, "shared memory segment '" + name +
-                                        "' is not a sharedbox segment (unknown header)");
-  if (h->h_version != kLayoutVersion)
-    throw Error(Errc::Incompatible,
-                "shared memory segment '" + name + "' has layout version " +
-                    std::to_string(h->h_version) + "; this sharedbox reads version " +
-                    std::to_string(kLayoutVersion) + " (upgrade sharedbox to open it)");
-  auto bad = [&](const char* what) {
-    throw Error(Errc::Incompatible, "shared memory segment '" + name +
-                                        "' has an invalid header (" + what + ")");
-  };
-  if (h->h_segment_bytes != st_size) bad("size differs from the object's size");
-  if (h->h_stripes == 0 || h->h_stripes > kMaxStripes || (h->h_stripes & (h->h_stripes - 1)))
-    bad("stripe count");
-  if (h->h_max_keys == 0 || h->h_max_keys > kMaxKeysLimit) bad("max_keys");
-  Geometry g;
-  if (!compute_geometry(st_size, h->h_stripes, &g) || g.stripe_off != h->h_stripe_off ||
-      g.bitmap_off != h->h_bitmap_off || g.heap_off != h->h_heap_off ||
-      g.heap_units != h->h_heap_units)
-    bad("region offsets");
 }
 
 }  // namespace
@@ -183,28 +163,121 @@ void Dict::unlink(const std::string& name) {
   }
 }
 
+namespace {
+
+// A new segment is built under a private temporary name and only then linked
+// to its real name (link(2) fails if the name exists, like O_EXCL), so a name
+// never shows a half-built segment: attaching never waits, and a creator
+// killed part-way leaves at most its temporary object, which the next
+// creation removes (remove_abandoned_temporaries).  This relies on glibc
+// keeping POSIX shared memory objects as files in /dev/shm.
+constexpr const char* kTempPrefix = ".sbx-init-";
+
+std::string temporary_name() {
+  std::random_device rd;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%s%d-%08x%08x", kTempPrefix, int(getpid()), rd(), rd());
+  return buf;
+}
+
+// Unlinks the temporary objects of creators that died before linking them.
+// A PID from another PID namespace may look dead here; its creator then
+// finds its temporary gone, and starts again (Dict::open).
+void remove_abandoned_temporaries() {
+  DIR* dir = ::opendir(kShmDir);
+  if (!dir) return;
+  const size_t plen = std::strlen(kTempPrefix);
+  while (struct dirent* e = ::readdir(dir)) {
+    if (std::strncmp(e->d_name, kTempPrefix, plen) != 0) continue;
+    long pid = std::strtol(e->d_name + plen, nullptr, 10);
+    if (pid > 0 && !pid_alive(uint32_t(pid))) ::shm_unlink(("/" + std::string(e->d_name)).c_str());
+  }
+  ::closedir(dir);
+}
+
+// The identity block of an existing segment, read once with pread(2) into
+// private memory: validation and the mapping are both built from this copy,
+// so a concurrent (or hostile) writer of the header cannot make them differ.
+struct HeaderCopy {
+  SegmentHeader* h() { return reinterpret_cast<SegmentHeader*>(bytes); }
+  alignas(SegmentHeader) unsigned char bytes[sizeof(SegmentHeader)];
+};
+
+// Validates the identity block of a segment whose object is st_size bytes.
+void check_header(HeaderCopy& copy, uint64_t st_size, const std::string& name) {
+  const SegmentHeader* h = copy.h();
+  const std::string what = "shared memory segment '" + name + "'";
+  const std::string remove_hint =
+      "; if nothing uses it, remove it with `sharedbox rm " + name + "` (or delete " +
+      kShmDir + "/" + name + ")";
+  if (h->h_magic == 0)
+    throw Error(Errc::NotReady, what + " is not ready: it was never initialised (its creator "
+                                       "died before writing it, or another program made it)" +
+                                       remove_hint);
+  if (h->h_magic != kMagic)
+    throw Error(Errc::Incompatible, what + " is not a sharedbox segment (unknown header)");
+  if (h->h_version != kLayoutVersion)
+    throw Error(Errc::Incompatible,
+                what + " has layout version " + std::to_string(h->h_version) +
+                    "; this sharedbox reads version " + std::to_string(kLayoutVersion) +
+                    " (open it with the sharedbox release that made it)");
+  uint32_t ready = h->h_ready.load(std::memory_order_relaxed);
+  if (ready != kReadyMark) {
+    if (ready != 0)
+      throw Error(Errc::Incompatible, what + " is not a sharedbox segment (bad ready mark)");
+    throw Error(Errc::NotReady,
+                what + " is not ready: its creator (pid " + std::to_string(h->h_creator_pid) +
+                    (pid_alive(h->h_creator_pid) ? ") never finished initialising it"
+                                                 : ") died while initialising it") +
+                    remove_hint);
+  }
+  auto bad = [&](const char* field) {
+    throw Error(Errc::Incompatible, what + " has an invalid header (" + field + ")");
+  };
+  if (h->h_segment_bytes != st_size) bad("size differs from the object's size");
+  if (h->h_stripes == 0 || h->h_stripes > kMaxStripes || (h->h_stripes & (h->h_stripes - 1)))
+    bad("stripe count");
+  if (h->h_max_keys == 0 || h->h_max_keys > kMaxKeysLimit) bad("max_keys");
+  Geometry g;
+  if (!compute_geometry(st_size, h->h_stripes, &g) || g.stripe_off != h->h_stripe_off ||
+      g.bitmap_off != h->h_bitmap_off || g.heap_off != h->h_heap_off ||
+      g.heap_units != h->h_heap_units)
+    bad("region offsets");
+}
+
+void check_create_options(const OpenOptions& o, uint32_t stripes) {
+  if (o.max_keys == 0 || o.max_keys > kMaxKeysLimit)
+    throw Error(Errc::InvalidArgument, "max_keys must be between 1 and " +
+                                           std::to_string(kMaxKeysLimit) + ", got " +
+                                           std::to_string(o.max_keys));
+  if (stripes == 0 || stripes > kMaxStripes || (stripes & (stripes - 1)))
+    throw Error(Errc::InvalidArgument, "stripes must be a power of two between 1 and " +
+                                           std::to_string(kMaxStripes) + ", got " +
+                                           std::to_string(stripes));
+  if (o.size > kMaxSegmentBytes)
+    throw Error(Errc::InvalidArgument, "size " + std::to_string(o.size) +
+                                           " is larger than the limit of " +
+                                           std::to_string(kMaxSegmentBytes) + " bytes");
+}
+
+}  // namespace
+
+std::string shm_full_message(const std::string& name, int e) {
+  return "no memory left in " + std::string(kShmDir) + " for segment '" + name + "' (" +
+         errno_text(e) + "): the tmpfs mounted there is full (segments reserve memory as they "
+         "grow, and other segments or programs have used it up); remove segments nobody uses "
+         "(`sharedbox list`, `sharedbox rm`), or enlarge it (Docker: --shm-size; otherwise "
+         "`mount -o remount,size=2G /dev/shm` as root)";
+}
+
 std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
   validate_name(o.name);
   const std::string path = "/" + o.name;
-  uint32_t stripes = o.stripes ? o.stripes : default_stripes(o.max_keys);
+  const uint32_t stripes = o.stripes ? o.stripes : default_stripes(o.max_keys);
+  if (o.create) check_create_options(o, stripes);
 
-  auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::microseconds(int64_t(o.attach_timeout_s * 1e6));
   for (;;) {
     if (o.create) {
-      // Validate the creation parameters before touching the name.
-      if (o.max_keys == 0 || o.max_keys > kMaxKeysLimit)
-        throw Error(Errc::InvalidArgument, "max_keys must be between 1 and " +
-                                               std::to_string(kMaxKeysLimit) + ", got " +
-                                               std::to_string(o.max_keys));
-      if (stripes == 0 || stripes > kMaxStripes || (stripes & (stripes - 1)))
-        throw Error(Errc::InvalidArgument,
-                    "stripes must be a power of two between 1 and " +
-                        std::to_string(kMaxStripes) + ", got " + std::to_string(stripes));
-      if (o.size > kMaxSegmentBytes)
-        throw Error(Errc::InvalidArgument, "size " + std::to_string(o.size) +
-                                               " is larger than the limit of " +
-                                               std::to_string(kMaxSegmentBytes) + " bytes");
       uint64_t size = round_up(o.size, kPage);
       Geometry g;
       if (!compute_geometry(size, stripes, &g) || g.heap_units < 64) {
@@ -214,14 +287,18 @@ std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
                         std::to_string(stripes) + " stripes; the minimum is " +
                         std::to_string(minimum) + " bytes");
       }
-
-      Fd fd;
-      fd.fd = ::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL, o.mode & 0777);
-      if (fd.fd >= 0) {
-        // We own the name: build the segment, removing it on any failure so
-        // that no half-built segment is left behind.
+      struct stat existing;
+      bool name_taken = ::stat((std::string(kShmDir) + path).c_str(), &existing) == 0;
+      if (!name_taken) {
+        remove_abandoned_temporaries();
+        const std::string temp = temporary_name();
+        const std::string temp_path = "/" + temp;
+        Fd fd;
+        fd.fd = ::shm_open(temp_path.c_str(), O_RDWR | O_CREAT | O_EXCL, o.mode & 0777);
+        if (fd.fd < 0) throw_errno("cannot create shared memory segment '" + o.name + "'", errno);
+        // The temporary is ours alone until linked: remove it on any failure.
         auto fail = [&](Errc c, const std::string& msg, int e) {
-          ::shm_unlink(path.c_str());
+          ::shm_unlink(temp_path.c_str());
           throw Error(c, msg, e);
         };
         struct statvfs vfs;
@@ -240,6 +317,11 @@ std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
         if (::ftruncate(fd.fd, off_t(size)) != 0)
           fail(Errc::System, "cannot size segment '" + o.name + "': " + errno_text(errno),
                errno);
+        // The header, stripes and bitmap are reserved now; heap pages when
+        // the allocator first reaches them (Dict::reserve_units).
+        if (int e = ::posix_fallocate(fd.fd, 0, off_t(g.heap_off)))
+          fail(e == ENOSPC ? Errc::NoSpaceOnDevice : Errc::System, shm_full_message(o.name, e),
+               e);
         void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
         if (p == MAP_FAILED)
           fail(Errc::System, "cannot map segment '" + o.name + "': " + errno_text(errno),
@@ -248,13 +330,29 @@ std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
           initialise(static_cast<uint8_t*>(p), size, o, stripes, g);
         } catch (...) {
           ::munmap(p, size);
-          ::shm_unlink(path.c_str());
+          ::shm_unlink(temp_path.c_str());
           throw;
         }
-        if (created) *created = true;
-        return std::unique_ptr<Dict>(new Dict(o.name, static_cast<uint8_t*>(p), size));
+        HeaderCopy copy;
+        std::memcpy(copy.bytes, p, sizeof copy.bytes);  // still private: no one else sees it
+        const std::string dir = kShmDir;
+        int linked = ::link((dir + temp_path).c_str(), (dir + path).c_str());
+        int link_errno = errno;
+        ::shm_unlink(temp_path.c_str());
+        if (linked == 0) {
+          if (created) *created = true;
+          auto d = std::unique_ptr<Dict>(
+              new Dict(o.name, static_cast<uint8_t*>(p), size, fd.fd, *copy.h()));
+          fd.fd = -1;  // the Dict owns it now
+          return d;
+        }
+        ::munmap(p, size);
+        // EEXIST: another creator won the name; ENOENT: our temporary was
+        // removed as abandoned (see remove_abandoned_temporaries).  Both: go on.
+        if (link_errno == ENOENT) continue;
+        if (link_errno != EEXIST)
+          throw_errno("cannot publish shared memory segment '" + o.name + "'", link_errno);
       }
-      if (errno != EEXIST) throw_errno("cannot create shared memory segment '" + o.name + "'", errno);
     }
 
     // Attach to an existing segment.
@@ -263,7 +361,7 @@ std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
     if (fd.fd < 0) {
       int e = errno;
       if (e == ENOENT) {
-        if (o.create) continue;  // removed between our two opens: create it again
+        if (o.create) continue;  // removed between our two looks: create it again
         throw Error(Errc::NotFound,
                     "no shared memory segment named '" + o.name +
                         "' (create=False only attaches to an existing SharedDict)",
@@ -271,71 +369,53 @@ std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
       }
       throw_errno("cannot open shared memory segment '" + o.name + "'", e);
     }
-    // Wait for the creator to size and initialise it.
-    for (;;) {
-      struct stat st;
-      if (::fstat(fd.fd, &st) != 0) throw_errno("fstat", errno);
-      uint64_t st_size = uint64_t(st.st_size);
-      bool timed_out = std::chrono::steady_clock::now() > deadline;
-      if (st_size >= kPage) {
-        void* hp = ::mmap(nullptr, kPage, PROT_READ, MAP_SHARED, fd.fd, 0);
-        if (hp == MAP_FAILED) throw_errno("cannot map segment '" + o.name + "'", errno);
-        auto* h = static_cast<const SegmentHeader*>(hp);
-        uint64_t magic = h->h_magic;
-        uint32_t ready = h->h_ready.load(std::memory_order_acquire);
-        uint32_t creator = h->h_creator_pid;
-        ::munmap(hp, kPage);
-        if (magic != 0 && magic != kMagic) {
-          throw Error(Errc::Incompatible, "shared memory segment '" + o.name +
-                                              "' is not a sharedbox segment (unknown header)");
-        }
-        if (ready == kReadyMark) {
-          void* p = ::mmap(nullptr, st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
-          if (p == MAP_FAILED) throw_errno("cannot map segment '" + o.name + "'", errno);
-          try {
-            check_header(static_cast<const SegmentHeader*>(p), st_size, o.name);
-          } catch (...) {
-            ::munmap(p, st_size);
-            throw;
-          }
-          if (created) *created = false;
-          return std::unique_ptr<Dict>(new Dict(o.name, static_cast<uint8_t*>(p), st_size));
-        }
-        if (ready != 0)
-          throw Error(Errc::Incompatible, "shared memory segment '" + o.name +
-                                              "' is not a sharedbox segment (bad ready mark)");
-        if (magic == kMagic && !pid_alive(creator))
-          throw Error(Errc::NotReady, "shared memory segment '" + o.name +
-                                          "' was never finished: its creator (pid " +
-                                          std::to_string(creator) +
-                                          ") died while initialising it; unlink it and retry");
-      }
-      if (timed_out) {
-        if (st_size > 0 && st_size < kPage)
-          throw Error(Errc::Incompatible, "shared memory segment '" + o.name +
-                                              "' is not a sharedbox segment (too small)");
-        throw Error(Errc::NotReady, "shared memory segment '" + o.name +
-                                        "' was not initialised within the attach timeout; it "
-                                        "may be foreign or abandoned");
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    struct stat st;
+    if (::fstat(fd.fd, &st) != 0) throw_errno("fstat", errno);
+    const uint64_t st_size = uint64_t(st.st_size);
+    if (st_size == 0)
+      throw Error(Errc::NotReady, "shared memory segment '" + o.name +
+                                      "' is empty (0 bytes): it was never initialised (its "
+                                      "creator died before sizing it, or another program made "
+                                      "it); if nothing uses it, remove it with `sharedbox rm " +
+                                      o.name + "` (or delete " + kShmDir + path + ")");
+    if (st_size < kPage)
+      throw Error(Errc::Incompatible, "shared memory segment '" + o.name +
+                                          "' is not a sharedbox segment (too small: " +
+                                          std::to_string(st_size) + " bytes)");
+    HeaderCopy copy;
+    ssize_t got = ::pread(fd.fd, copy.bytes, sizeof copy.bytes, 0);
+    if (got != ssize_t(sizeof copy.bytes)) throw_errno("cannot read segment '" + o.name + "'", errno);
+    check_header(copy, st_size, o.name);
+    void* p = ::mmap(nullptr, st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.fd, 0);
+    if (p == MAP_FAILED) throw_errno("cannot map segment '" + o.name + "'", errno);
+    if (created) *created = false;
+    auto d = std::unique_ptr<Dict>(new Dict(o.name, static_cast<uint8_t*>(p), st_size, fd.fd,
+                                            *copy.h()));
+    fd.fd = -1;
+    return d;
   }
 }
 
-Dict::Dict(std::string name, uint8_t* base, uint64_t size)
-    : name_(std::move(name)), base_(base), size_(size) {
+// Built from the validated copy of the header, never from shared memory.
+Dict::Dict(std::string name, uint8_t* base, uint64_t size, int fd, const SegmentHeader& h)
+    : name_(std::move(name)), base_(base), size_(size), fd_(fd) {
   hdr_ = reinterpret_cast<SegmentHeader*>(base_);
-  nstripes_ = hdr_->h_stripes;
-  stripes_ = reinterpret_cast<Stripe*>(base_ + hdr_->h_stripe_off);
-  hash_seed_ = hdr_->h_hash_seed;
-  max_keys_ = hdr_->h_max_keys;
-  heap_off_ = hdr_->h_heap_off;
-  heap_units_ = hdr_->h_heap_units;
+  nstripes_ = h.h_stripes;
+  stripes_ = reinterpret_cast<Stripe*>(base_ + h.h_stripe_off);
+  hash_seed_ = h.h_hash_seed;
+  max_keys_ = h.h_max_keys;
+  heap_off_ = h.h_heap_off;
+  heap_units_ = h.h_heap_units;
   bitmap_words_ = (heap_units_ + 63) / 64;
-  bitmap_ = reinterpret_cast<uint64_t*>(base_ + hdr_->h_bitmap_off);
+  bitmap_ = reinterpret_cast<uint64_t*>(base_ + h.h_bitmap_off);
+  creator_pid_ = h.h_creator_pid;
+  mode_ = h.h_mode;
+  created_unix_ns_ = h.h_created_unix_ns;
 }
 
-Dict::~Dict() { ::munmap(base_, size_); }
+Dict::~Dict() {
+  ::munmap(base_, size_);
+  if (fd_ >= 0) ::close(fd_);
+}
 
 }  // namespace sbx
