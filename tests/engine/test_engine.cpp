@@ -826,6 +826,56 @@ void test_stuck_locks() {
   unsetenv("SHAREDBOX_STUCK_LOCK_TIMEOUT");
 }
 
+// A thread rewrites the header's region offsets between their real values and
+// garbage as fast as it can while the main thread attaches over and over.
+// Attach must validate and build from one copy of the header: each attach is
+// either refused or gets the real geometry, which the operations after it use
+// (with a second read of the header, a validated attach could map garbage).
+void test_attach_header_race() {
+  SegmentGuard g("hdrrace");
+  auto d = sbx::Dict::open(options(g.name(), 1 << 20, 100, 4));
+  CHECK(put(*d, "x", "1"));
+  int fd = ::shm_open(("/" + g.name()).c_str(), O_RDWR, 0);
+  CHECK(fd >= 0);
+  void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  CHECK(p != MAP_FAILED);
+  auto* words = reinterpret_cast<std::atomic<uint64_t>*>(
+      static_cast<uint8_t*>(p) + offsetof(sbx::SegmentHeader, h_stripe_off));
+  const uint64_t good = words->load();
+  std::atomic<bool> stop{false};
+  std::thread flipper([&] {
+    while (!stop.load(std::memory_order_relaxed)) {
+      words->store(good * 977, std::memory_order_relaxed);
+      words->store(good, std::memory_order_relaxed);
+    }
+  });
+  int attached = 0, refused = 0;
+  sbx::OpenOptions o = options(g.name(), 1 << 20, 100, 4);
+  o.create = false;
+  for (int i = 0; i < 10000; ++i) {
+    std::unique_ptr<sbx::Dict> a;
+    try {
+      a = sbx::Dict::open(o);
+    } catch (const sbx::Error& e) {
+      CHECK(e.code() == sbx::Errc::Incompatible);
+      ++refused;
+      continue;
+    }
+    ++attached;
+    std::string v;
+    CHECK(get(*a, "x", &v) && v == "1");
+    CHECK(put(*a, "y", std::to_string(i)));
+  }
+  stop.store(true);
+  flipper.join();
+  words->store(good);
+  ::munmap(p, 4096);
+  CHECK(attached > 0);
+  CHECK(refused > 0);
+  CHECK_INTEGRITY(*d);
+}
+
 // ---------------------------------------------------------------------------
 // Runner.
 
@@ -838,6 +888,7 @@ const TestCase kCases[] = {
     {"lifecycle", test_lifecycle},   {"basic", test_basic_ops},     {"max_keys", test_max_keys},
     {"segment_full", test_segment_full}, {"keys", test_keys},       {"churn", test_churn},
     {"threads", test_threads},       {"stats", test_stats},         {"stuck_locks", test_stuck_locks},
+    {"attach_header_race", test_attach_header_race},
 };
 
 bool run_case(const TestCase& tc) {
