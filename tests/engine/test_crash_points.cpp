@@ -277,6 +277,34 @@ void set_erase(State& st, const std::string& k) {
   st.has_new = false;
 }
 
+class IncrementDecimal : public sbx::UpdateFn {
+ public:
+  sbx::ValueSource* decide(const uint8_t* v, uint64_t len, bool present) override {
+    long n = present ? std::stol(std::string(reinterpret_cast<const char*>(v), len)) : 0;
+    out_ = std::to_string(n + 1);
+    src_ = std::make_unique<sbx_test::StringSource>(out_);
+    return src_.get();
+  }
+
+ private:
+  std::string out_;
+  std::unique_ptr<sbx_test::StringSource> src_;
+};
+
+class ReplaceIfEqual : public sbx::UpdateFn {
+ public:
+  ReplaceIfEqual(const std::string& expected, const std::string& replacement)
+      : expected_(expected), src_(replacement) {}
+  sbx::ValueSource* decide(const uint8_t* v, uint64_t len, bool present) override {
+    if (!present || std::string(reinterpret_cast<const char*>(v), len) != expected_) return nullptr;
+    return &src_;
+  }
+
+ private:
+  std::string expected_;
+  sbx_test::StringSource src_;
+};
+
 std::vector<Scenario> scenarios() {
   std::vector<Scenario> v;
   const uint64_t small = 256 << 10;
@@ -378,6 +406,26 @@ std::vector<Scenario> scenarios() {
                  set_new(st, k, make_value(k, 1, value_len_for_units(2)));
                },
                [](State& st) { put(*st.d, st.key, st.new_value); }});
+  // Read-modify-write (what SharedDict.incr and compare_and_set run): the
+  // new value is computed from the old one under the stripe lock.
+  v.push_back({"update_increment", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", "41");
+                 set_new(st, "k0001", "42");
+               },
+               [](State& st) {
+                 IncrementDecimal inc;
+                 st.d->update(st.d->key(st.key.data(), st.key.size()), inc);
+               }});
+  v.push_back({"update_if_equal", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 100));
+                 set_new(st, "k0001", make_value("k0001", 1, 700));
+               },
+               [](State& st) {
+                 ReplaceIfEqual cas(st.old_value, st.new_value);
+                 st.d->update(st.d->key(st.key.data(), st.key.size()), cas);
+               }});
   return v;
 }
 

@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -67,6 +68,8 @@ const char* errc_name(sbx::Errc c) {
     case sbx::Errc::TooManyKeys: return "TooManyKeys";
     case sbx::Errc::Corrupt: return "Corrupt";
     case sbx::Errc::System: return "System";
+    case sbx::Errc::TooManyLocks: return "TooManyLocks";
+    case sbx::Errc::NotLockOwner: return "NotLockOwner";
   }
   return "?";
 }
@@ -876,6 +879,111 @@ void test_attach_header_race() {
   CHECK_INTEGRITY(*d);
 }
 
+// Read-modify-write, versions, waiting and named locks (coordination.cpp).
+
+// Adds 1 to a decimal counter value (absent = 0), under the stripe lock.
+class Increment : public sbx::UpdateFn {
+ public:
+  sbx::ValueSource* decide(const uint8_t* v, uint64_t len, bool present) override {
+    long n = present ? std::stol(std::string(reinterpret_cast<const char*>(v), len)) : 0;
+    out_ = std::to_string(n + 1);
+    src_ = std::make_unique<StringSource>(out_);
+    return src_.get();
+  }
+
+ private:
+  std::string out_;
+  std::unique_ptr<StringSource> src_;
+};
+
+void test_coordination() {
+  SegmentGuard g("coord");
+  auto d = sbx::Dict::open(options(g.name(), 1 << 20, 100, 4));
+  auto key = [&](const std::string& k) { return d->key(k.data(), k.size()); };
+
+  // update: concurrent increments lose nothing.
+  {
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t)
+      ts.emplace_back([&] {
+        Increment inc;
+        for (int i = 0; i < 5000; ++i) d->update(key("n"), inc);
+      });
+    for (auto& t : ts) t.join();
+    CHECK(value_of(*d, "n") == "20000");
+  }
+
+  // version: changes on every write, never reused, absent = false.
+  uint64_t v1 = 0, v2 = 0, v3 = 0, none = 0;
+  CHECK(!d->version(key("v"), &none));
+  CHECK(put(*d, "v", "a"));
+  CHECK(d->version(key("v"), &v1));
+  CHECK(put(*d, "v", "a"));  // the same value is still a write
+  CHECK(d->version(key("v"), &v2));
+  CHECK(erase(*d, "v"));
+  CHECK(!d->version(key("v"), &none));
+  CHECK(put(*d, "v", "b"));
+  CHECK(d->version(key("v"), &v3));
+  CHECK(v1 != 0 && v1 != v2 && v2 != v3 && v1 != v3);
+
+  // wait_change: times out while nothing changes, wakes for a write.
+  uint64_t now = 0;
+  CHECK(!d->wait_change(key("v"), v3, 0.05, &now));
+  CHECK(d->wait_change(key("v"), v2, 0.05, &now) && now == v3);  // already different
+  std::thread writer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    put(*d, "v", "c");
+  });
+  CHECK(d->wait_change(key("v"), v3, 10.0, &now));
+  writer.join();
+  uint64_t v4 = 0;
+  CHECK(d->version(key("v"), &v4) && now == v4);
+  std::thread eraser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    erase(*d, "v");
+  });
+  CHECK(d->wait_change(key("v"), v4, 10.0, &now) && now == 0);
+  eraser.join();
+
+  // Named locks: one slot per name, a bounded number of names.
+  uint32_t a = d->named_lock("a");
+  CHECK_EQ(d->named_lock("a"), a);
+  CHECK_THROWS(sbx::Errc::InvalidArgument, d->named_lock(""));
+  CHECK_THROWS(sbx::Errc::InvalidArgument, d->named_lock(std::string(44, 'x')));
+  for (uint32_t i = 1; i < sbx::kNamedLocks; ++i) d->named_lock("lock" + std::to_string(i));
+  CHECK_THROWS(sbx::Errc::TooManyLocks, d->named_lock("one too many"));
+  CHECK_EQ(d->named_lock("lock5"), d->named_lock("lock5"));
+
+  CHECK(d->lock_named(a, 1.0) == sbx::LockResult::Acquired);
+  CHECK(d->named_locked(a));
+  std::thread other([&] {
+    CHECK(d->lock_named(a, 0.05) == sbx::LockResult::TimedOut);
+    CHECK_THROWS(sbx::Errc::NotLockOwner, d->unlock_named(a));
+  });
+  other.join();
+  d->unlock_named(a);
+  CHECK(!d->named_locked(a));
+  CHECK_THROWS(sbx::Errc::NotLockOwner, d->unlock_named(a));
+
+  // A holder that dies: the next acquirer gets the lock and is told so, even
+  // if locked() looked at the dead holder's lock first.
+  for (bool probe_first : {false, true}) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      d->lock_named(a, 1.0);
+      _exit(0);  // dies holding it
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (probe_first) CHECK(!d->named_locked(a));
+    CHECK(d->lock_named(a, 1.0) == sbx::LockResult::AcquiredRecovered);
+    d->unlock_named(a);
+    CHECK(d->lock_named(a, 1.0) == sbx::LockResult::Acquired);
+    d->unlock_named(a);
+  }
+  CHECK_INTEGRITY(*d);
+}
+
 // ---------------------------------------------------------------------------
 // Runner.
 
@@ -889,6 +997,7 @@ const TestCase kCases[] = {
     {"segment_full", test_segment_full}, {"keys", test_keys},       {"churn", test_churn},
     {"threads", test_threads},       {"stats", test_stats},         {"stuck_locks", test_stuck_locks},
     {"attach_header_race", test_attach_header_race},
+    {"coordination", test_coordination},
 };
 
 bool run_case(const TestCase& tc) {

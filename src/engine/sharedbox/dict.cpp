@@ -132,7 +132,7 @@ KeyRef Dict::key(const char* data, size_t len) const {
 // ---------------------------------------------------------------------------
 // Reads.
 
-bool Dict::get(const KeyRef& k, ValueSink& sink) {
+bool Dict::get(const KeyRef& k, ValueSink& sink, uint64_t* stamp_out) {
   const uint32_t si = stripe_of(k.hash);
   Stripe& s = stripe(si);
   const uint64_t tag = tag_of(k.hash);
@@ -214,7 +214,10 @@ bool Dict::get(const KeyRef& k, ValueSink& sink) {
         retry = true;
         break;
       }
-      if (still_valid()) return true;
+      if (still_valid()) {
+        if (stamp_out) *stamp_out = stamp;
+        return true;
+      }
       sink.reset();
       retry = true;
       break;
@@ -234,6 +237,9 @@ bool Dict::get(const KeyRef& k, ValueSink& sink) {
   if (!record(roff, &kl, &vl)) throw Error(Errc::Corrupt, "record out of bounds");
   uint64_t voff = roff + kHeaderBytes + kl;
   sink.take(base_ + voff, vl, voff, true);
+  if (stamp_out)
+    *stamp_out = reinterpret_cast<const RecordHeader*>(base_ + roff)->r_stamp.load(
+        std::memory_order_relaxed);
   return true;
 }
 
@@ -473,15 +479,40 @@ __attribute__((noinline)) void Dict::write_record(uint64_t off, uint64_t units, 
   r->r_stamp.store(stamp, std::memory_order_release);
 }
 
+namespace {
+// put() as an update: store `src` unless IfAbsent finds the key present.
+class PutDecision : public UpdateFn {
+ public:
+  PutDecision(ValueSource& src, PutMode mode) : src_(src), mode_(mode) {}
+  ValueSource* decide(const uint8_t*, uint64_t, bool present) override {
+    return present && mode_ == PutMode::IfAbsent ? nullptr : &src_;
+  }
+
+ private:
+  ValueSource& src_;
+  PutMode mode_;
+};
+}  // namespace
+
 bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
-  const uint64_t vmax = src.max_bytes();
+  check_fits(k, src.max_bytes());  // before any lock: fails fast for a value that never fits
+  PutDecision decision(src, mode);
+  return update(k, decision);
+}
+
+void Dict::check_fits(const KeyRef& k, uint64_t vmax) const {
   const uint64_t heap_bytes = heap_units_ * kUnit;
   if (vmax > heap_bytes || k.len > heap_bytes - vmax || kHeaderBytes + k.len + vmax > heap_bytes)
     throw Error(Errc::ValueTooLarge,
                 "the value (" + std::to_string(vmax) + " bytes with its key) can never fit in "
                 "this segment, whose heap is " + std::to_string(heap_bytes) +
                 " bytes; create the SharedDict with a larger size= (see recommend_sizing())");
-  const uint64_t units = (kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit;
+}
+
+// Every write is a read-modify-write: the decision is taken under the stripe
+// lock from the value present then, and published by the same journaled
+// steps, so incr and compare_and_set are exactly as crash-safe as put.
+bool Dict::update(const KeyRef& k, UpdateFn& fn) {
   const uint32_t si = stripe_of(k.hash);
   Stripe& s = stripe(si);
   Journal& j = s.s_journal;
@@ -490,7 +521,23 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
   for (;;) {
     StripeLock lock(this, si);
     Probe p = find_locked(s, k);
-    if (p.found && mode == PutMode::IfAbsent) return false;
+    ValueSource* chosen;
+    {
+      const uint8_t* old = nullptr;
+      uint64_t old_len = 0;
+      if (p.found) {
+        uint64_t kl;
+        uint64_t roff = slot_record(p.ctl);
+        if (!record(roff, &kl, &old_len)) throw Error(Errc::Corrupt, "record out of bounds");
+        old = base_ + roff + kHeaderBytes + kl;
+      }
+      chosen = fn.decide(old, old_len, p.found);  // may throw: nothing changed yet
+    }
+    if (!chosen) return false;
+    ValueSource& src = *chosen;
+    const uint64_t vmax = src.max_bytes();
+    check_fits(k, vmax);
+    const uint64_t units = (kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit;
     bool reserved = false;
     if (!p.found) {
       uint64_t count = s.s_count.load(std::memory_order_relaxed);
@@ -629,6 +676,7 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
     }
     j.j_op.store(kOpNone, std::memory_order_release);
     SBX_CRASH_POINT(put_done);
+    notify_change(s);
     return true;
   }
 }
@@ -733,6 +781,7 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   SBX_CRASH_POINT(erase_unreserved);
   j.j_op.store(kOpNone, std::memory_order_release);
   SBX_CRASH_POINT(erase_done);
+  notify_change(s);
   return true;
 }
 
@@ -839,6 +888,7 @@ void Dict::recover_stripe(uint32_t i) {
   }
   j.j_op.store(kOpNone, std::memory_order_release);
   SBX_CRASH_POINT(recover_stripe_done);
+  notify_change(s);  // a dead writer may have published without waking anyone
 }
 
 // ---------------------------------------------------------------------------

@@ -70,6 +70,19 @@ class ValueSink {
 
 enum class PutMode { Always, IfAbsent };
 
+enum class LockResult { Acquired, AcquiredRecovered, TimedOut };
+
+// A read-modify-write (Dict::update): decide() sees the key's current value
+// (present = false: absent) and returns what to store, or nullptr to leave
+// the key as it is.  It runs under the stripe lock, so, like take() under a
+// lock, it must only compute: no waiting, no Python.  It may throw; nothing
+// has changed then.
+class UpdateFn {
+ public:
+  virtual ~UpdateFn() = default;
+  virtual ValueSource* decide(const uint8_t* value, uint64_t len, bool present) = 0;
+};
+
 struct Stats {
   uint64_t segment_bytes, heap_bytes, used_bytes, free_bytes;
   uint64_t max_keys, entries, stripes, recoveries;
@@ -97,13 +110,34 @@ class Dict {
 
   KeyRef key(const char* data, size_t len) const;
 
-  bool get(const KeyRef& k, ValueSink& sink);
+  // *stamp (if given) receives the record's stamp, validated with the copy.
+  bool get(const KeyRef& k, ValueSink& sink, uint64_t* stamp = nullptr);
   bool contains(const KeyRef& k);
   // Returns true if the value was stored (false only for IfAbsent on a present key).
   bool put(const KeyRef& k, ValueSource& src, PutMode mode = PutMode::Always);
+  // Stores what fn decides from the current value, atomically (see UpdateFn).
+  // Returns true if a value was stored.
+  bool update(const KeyRef& k, UpdateFn& fn);
   // Removes the key; if old_value is given it receives the removed value
   // (under the lock, before removal).  Returns false if the key was absent.
   bool erase(const KeyRef& k, ValueSink* old_value = nullptr);
+
+  // Coordination (coordination.cpp).  A key's version changes on every write
+  // of it and is never reused in the segment's life; false if absent.
+  bool version(const KeyRef& k, uint64_t* v);
+  // Waits until the key's version differs from `seen` (0: absent), using no
+  // CPU while it waits (a futex), at most timeout_s.  true and *now = the
+  // version (0: absent) if it changed; false on timeout.  Callers that must
+  // react to signals wait in slices.
+  bool wait_change(const KeyRef& k, uint64_t seen, double timeout_s, uint64_t* now);
+  // Named cross-process locks: the slot for a name (claimed on first use;
+  // Errc::TooManyLocks when none is left), then lock/unlock by slot.
+  // timeout_s <= 0 tries once.  unlock throws Errc::NotLockOwner for a lock
+  // the calling thread does not hold.
+  uint32_t named_lock(const std::string& name);
+  LockResult lock_named(uint32_t slot, double timeout_s);
+  void unlock_named(uint32_t slot);
+  bool named_locked(uint32_t slot);
 
   uint64_t size() const;        // sum of the stripe counts, each read once (cheap)
   uint64_t exact_size();        // the keys present at one instant (len())
@@ -161,6 +195,8 @@ class Dict {
   void build_table(uint64_t off, uint64_t units, uint64_t old_ref, uint32_t lg);
   void write_record(uint64_t off, uint64_t units, uint64_t stamp, const KeyRef& k,
                     ValueSource& src, uint64_t vmax);
+  void check_fits(const KeyRef& k, uint64_t vmax) const;
+  void notify_change(Stripe& s);
   bool reserve_key();
   void recount();
 

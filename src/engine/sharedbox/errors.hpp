@@ -19,6 +19,8 @@ enum class Errc {
   TooManyKeys,       // max_keys keys are present
   Corrupt,           // shared state failed a bounds or consistency check
   System,            // an OS call failed (errno in sys_errno)
+  TooManyLocks,      // every named-lock slot of the segment is taken
+  NotLockOwner,      // release() of a named lock this thread does not hold
 };
 
 class Error : public std::runtime_error {

@@ -26,6 +26,9 @@
 //   Stripe::s_journal             stripe-lock holder            recovery (stripe lock)
 //   Stripe::s_spare, _units       stripe-lock holder            recovery, check_integrity
 //   Stripe::s_change_seq          stripe-lock holder            len() (double collect)
+//   Stripe::s_wait_word           writers and waiters (RMW)     waiters (futex)
+//   h_locks[i].l_mutex            its Python-level holder       acquirers
+//   h_locks[i].l_state, l_name    claimer, under alloc lock     lock lookups (acquire)
 //   table slots                   stripe-lock holder            lock-free readers
 //   Record                        allocating writer, before     lock-free readers, who
 //                                 publication; then immutable   validate every read
@@ -119,6 +122,34 @@ struct AllocState {
 enum AllocOp : uint32_t { kAllocNone = 0, kAllocAlloc = 1, kAllocFree = 2 };
 
 // ---------------------------------------------------------------------------
+// NamedLock: one of a fixed number of cross-process locks that Python code
+// holds while it runs (SharedDict.lock(name)), unlike stripe locks, which no
+// Python ever runs under.  Robust, process-shared, error-checking: a holder's
+// death hands the lock to the next acquirer with EOWNERDEAD (the caller
+// reports it as `recovered`); a thread that unlocks a lock it does not hold
+// gets EPERM.  Nothing but the lock itself is protected, so there is nothing
+// to repair.
+//
+// A slot is claimed once, under the allocator lock: l_name is written first,
+// then l_state = 1 (release); lookups read l_state (acquire) before l_name,
+// so a name is never seen half written.  A claimer that dies before storing
+// l_state leaves the slot free (the next claimer overwrites the name).
+// Slots are never given back.
+constexpr uint32_t kNamedLocks = 32;
+constexpr uint32_t kLockNameMax = 43;  // UTF-8 bytes; l_name keeps a NUL after them
+
+struct NamedLock {
+  pthread_mutex_t l_mutex;
+  std::atomic<uint32_t> l_holder_tid;  // as Stripe::s_holder_tid
+  std::atomic<uint32_t> l_state;       // 0 free, 1 named
+  // Set when a dead holder's lock was taken and let go without being
+  // acquired (locked() probes it): the next acquirer reports `recovered`.
+  std::atomic<uint32_t> l_recovered;
+  char l_name[kLockNameMax + 1];
+};
+static_assert(sizeof(NamedLock) <= 96, "named lock slots stay small");
+
+// ---------------------------------------------------------------------------
 // SegmentHeader: page 0.  The identity block is written once by the creator
 // before it stores kReadyMark into h_ready (release); attachers wait for the
 // mark (acquire) and then only read it, so no lock is needed.
@@ -148,6 +179,8 @@ struct SegmentHeader {
   std::atomic<uint32_t> h_recoveries;  // number of dead-owner repairs, for stats
 
   alignas(kCacheLine) AllocState h_alloc;
+
+  alignas(kCacheLine) NamedLock h_locks[kNamedLocks];
 };
 
 // ---------------------------------------------------------------------------
@@ -206,6 +239,15 @@ struct alignas(kCacheLine) Stripe {
   // lost; recovery then lets the journal's claim win (Dict::recover_stripe).
   std::atomic<uint64_t> s_spare;
   std::atomic<uint64_t> s_spare_units;
+  // Waiters of SharedDict.wait() on keys of this stripe sleep on this word
+  // (a futex): bits 0-30 count changes, bit 31 says someone may be asleep.
+  // Every writer bumps the count after publishing (and wakes the sleepers
+  // if bit 31 was set, clearing it); a waiter sets bit 31 and sleeps only
+  // while the word is unchanged, so no change is missed.  A waiter that dies
+  // leaves at most bit 31 set, which costs the next writer one wake call.
+  // Written by any writer of the stripe and by waiters (atomic RMW only).
+  std::atomic<uint32_t> s_wait_word;
+  uint32_t s_pad1;
   // Odd while a put or erase is between publishing its slot and updating
   // s_count, so that s_count matches the keys present whenever it is even.
   // len() sums s_count over an interval in which no stripe's s_change_seq

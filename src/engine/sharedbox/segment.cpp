@@ -100,6 +100,7 @@ void initialise(uint8_t* base, uint64_t size, const OpenOptions& o, uint32_t str
   std::random_device rd;
   h->h_hash_seed = (uint64_t(rd()) << 32) ^ rd() ^ h->h_created_unix_ns;
   init_robust_mutex(&h->h_alloc.a_mutex);
+  for (NamedLock& l : h->h_locks) init_robust_mutex(&l.l_mutex);
   h->h_alloc.a_reserved_low.store(0, std::memory_order_relaxed);  // nothing in the heap yet
   h->h_alloc.a_reserved_high.store(g.heap_units, std::memory_order_relaxed);
   auto* st = reinterpret_cast<Stripe*>(base + g.stripe_off);
