@@ -674,7 +674,8 @@ void test_stats() {
   for (const auto& kv : model) {
     key_bytes += kv.first.size();
     value_bytes += kv.second.size();
-    record_bytes += (40 + kv.first.size() + kv.second.size() + 63) / 64 * 64;
+    // A record's block is its size in units, rounded up to the allocator's size class.
+    record_bytes += sbx::size_class((40 + kv.first.size() + kv.second.size() + 63) / 64).units * 64;
   }
   st = d->stats();
   CHECK_EQ(st.entries, uint64_t(model.size()));
@@ -984,6 +985,27 @@ void test_coordination() {
   CHECK_INTEGRITY(*d);
 }
 
+// The allocator's size classes: exact to 16 units, then 8 per doubling, each
+// class's size the largest request it takes, and never more than 12.5% over.
+void test_size_classes() {
+  uint32_t last_index = 0;
+  for (uint64_t n = 1; n <= 5000; ++n) {
+    sbx::SizeClass c = sbx::size_class(n);
+    CHECK(c.units >= n);
+    if (n <= 16) CHECK_EQ(c.units, n);
+    if (n > 16) CHECK(c.units * 8 <= n * 9);
+    CHECK(c.index >= last_index && c.index < sbx::kSizeClasses);
+    if (n <= sbx::kLargestClassUnits) {
+      CHECK_EQ(sbx::size_class_units(c.index), c.units);
+      CHECK_EQ(sbx::size_class(c.units).index, c.index);
+    } else {
+      CHECK_EQ(c.index, sbx::kSizeClasses - 1);
+      CHECK_EQ(c.units, n);
+    }
+    last_index = c.index;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Runner.
 
@@ -998,6 +1020,7 @@ const TestCase kCases[] = {
     {"threads", test_threads},       {"stats", test_stats},         {"stuck_locks", test_stuck_locks},
     {"attach_header_race", test_attach_header_race},
     {"coordination", test_coordination},
+    {"size_classes", test_size_classes},
 };
 
 bool run_case(const TestCase& tc) {

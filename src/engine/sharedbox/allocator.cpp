@@ -4,9 +4,10 @@
 // a crash inside an allocation can be replayed from a three-word journal, and
 // the whole state can be re-derived from the index (check_integrity does).
 // Freed neighbours coalesce for free, so churn cannot strand space between
-// size classes.  The search is first fit from a_hint_word, the lowest word
-// that may hold a free bit, which keeps the live data packed at the low end of
-// the segment (only touched pages cost memory).
+// size classes.  The search is first fit, which keeps the live data packed at
+// the low end of the segment (only touched pages cost memory), starting from
+// the hint of the request's size class (AllocState::a_class_hint), so that
+// the cost of a search does not grow with the holes other sizes leave.
 #include <errno.h>
 #include <fcntl.h>
 
@@ -37,6 +38,20 @@ uint64_t runs_of(uint64_t free_bits, uint64_t n) {
 
 }  // namespace
 
+// The size class of a request of n units: its index and the size it is
+// rounded up to (at most 12.5% more above 16 units).  Requests above the
+// largest class keep their size and search from the largest class's hint.
+SizeClass size_class(uint64_t n) {
+  if (n <= kExactClasses) return {uint32_t(n ? n - 1 : 0), n ? n : 1};
+  if (n > kLargestClassUnits) return {kSizeClasses - 1, n};
+  const uint32_t k = 63 - uint32_t(__builtin_clzll(n - 1));  // 2^k < n <= 2^(k+1), k >= 4
+  const uint64_t step = uint64_t(1) << (k - 3);
+  const uint64_t size = (n + step - 1) / step * step;
+  return {kExactClasses + (k - 4) * 8 + uint32_t((size - (uint64_t(1) << k)) / step) - 1, size};
+}
+
+static_assert(kSizeClasses - 1 == kExactClasses + (11 - 4) * 8 + 7, "the last class is 4096 units");
+
 void Dict::lock_alloc() {
   AllocState& a = hdr_->h_alloc;
   if (lock_robust(&a.a_mutex, &a.a_holder_tid, "the allocator lock", -1) == EOWNERDEAD) {
@@ -59,9 +74,8 @@ uint64_t Dict::bitmap_word(uint64_t w) const {
   return bits;
 }
 
-uint64_t Dict::find_run(uint64_t n) const {
+uint64_t Dict::find_run(uint64_t n, uint64_t hint) const {
   uint64_t run_start = 0, run_len = 0;
-  uint64_t hint = hdr_->h_alloc.a_hint_word.load(std::memory_order_relaxed);
   if (hint >= bitmap_words_) hint = 0;  // never trust a hint that points nowhere
   for (uint64_t w = hint; w < bitmap_words_; ++w) {
     uint64_t bits = bitmap_word(w);
@@ -163,7 +177,8 @@ uint64_t Dict::largest_free_run() const {
 uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top) {
   AllocLock lock(this);
   AllocState& a = hdr_->h_alloc;
-  uint64_t first = from_top ? find_run_from_top(units) : find_run(units);
+  const SizeClass cls = size_class(units);
+  uint64_t first = from_top ? find_run_from_top(units) : find_run(units, a.a_class_hint[cls.index]);
   if (first == UINT64_MAX || first > heap_units_ || units > heap_units_ - first) return 0;
   reserve_units(first, units);  // may throw SegmentFull: nothing changed yet
   uint64_t off = heap_off_ + first * kUnit;
@@ -177,15 +192,52 @@ uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_to
   target->store(off, std::memory_order_release);
   SBX_CRASH_POINT(alloc_target_set);
   a.a_used_units.fetch_add(units, std::memory_order_relaxed);
-  uint64_t hint = a.a_hint_word.load(std::memory_order_relaxed);
-  while (hint < bitmap_words_ && bitmap_[hint] == ~uint64_t(0)) ++hint;
-  a.a_hint_word.store(hint, std::memory_order_relaxed);
+  // First fit found no run of this class below `first`: the hint may move up
+  // (only for an exact class size; a larger request skipped smaller runs).
+  if (!from_top && units == cls.units && first / 64 > a.a_class_hint[cls.index])
+    a.a_class_hint[cls.index] = uint32_t(first / 64);
   SBX_CRASH_POINT(alloc_counted);
   a.a_op.store(kAllocNone, std::memory_order_release);
   // Writers of the new block publish their first store (the record stamp or
   // the zeroed table) after this point; the release fence they issue pairs
   // with lock-free readers that may still be copying what the block held.
   return off;
+}
+
+// After units [first, first + n) were freed: measures the free run they now
+// belong to (up to the largest class's size on either side) and lowers the
+// hint of every class that run can hold to the run's first word.
+void Dict::lower_class_hints(uint64_t first, uint64_t n) {
+  uint64_t start = first, end = first + n;
+  while (start > 0 && first - start < kLargestClassUnits) {  // free units below, a word at a time
+    const uint64_t u = start - 1, b = u % 64;
+    const uint64_t below = bitmap_word(u / 64) << (63 - b);  // bits 0..b, moved to the top
+    if (below == 0) {
+      start -= b + 1;
+      continue;
+    }
+    start -= uint64_t(__builtin_clzll(below));
+    break;
+  }
+  while (end < heap_units_ && end - first - n < kLargestClassUnits) {  // and above
+    const uint64_t b = end % 64;
+    const uint64_t above = bitmap_word(end / 64) >> b;
+    if (above == 0) {
+      end += 64 - b;
+      continue;
+    }
+    end += uint64_t(__builtin_ctzll(above));
+    break;
+  }
+  end = std::min(end, heap_units_);
+  const uint64_t len = end - start;
+  const uint32_t word = uint32_t(start / 64);
+  AllocState& a = hdr_->h_alloc;
+  for (uint32_t c = 0; c < kSizeClasses; ++c) {
+    if (c >= kExactClasses && size_class_units(c) > len) break;
+    if (c < kExactClasses && c + 1 > len) break;
+    if (a.a_class_hint[c] > word) a.a_class_hint[c] = word;
+  }
 }
 
 // Reserves the /dev/shm pages of heap units [first, first + units) before the
@@ -236,8 +288,7 @@ void Dict::free_block(std::atomic<uint64_t>* target, uint64_t units) {
   target->store(0, std::memory_order_release);
   SBX_CRASH_POINT(free_target_cleared);
   a.a_used_units.fetch_sub(units, std::memory_order_relaxed);
-  if (first / 64 < a.a_hint_word.load(std::memory_order_relaxed))
-    a.a_hint_word.store(first / 64, std::memory_order_relaxed);
+  lower_class_hints(first, units);
   SBX_CRASH_POINT(free_counted);
   a.a_op.store(kAllocNone, std::memory_order_release);
 }
@@ -275,7 +326,7 @@ void Dict::recover_alloc() {
   }
   SBX_CRASH_POINT(recover_alloc_replayed);
   a.a_used_units.store(count_used_units(), std::memory_order_relaxed);
-  a.a_hint_word.store(0, std::memory_order_relaxed);
+  for (uint32_t& h : a.a_class_hint) h = 0;
   SBX_CRASH_POINT(recover_alloc_counted);
   a.a_op.store(kAllocNone, std::memory_order_release);
 }

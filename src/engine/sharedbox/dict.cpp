@@ -537,7 +537,9 @@ bool Dict::update(const KeyRef& k, UpdateFn& fn) {
     ValueSource& src = *chosen;
     const uint64_t vmax = src.max_bytes();
     check_fits(k, vmax);
-    const uint64_t units = (kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit;
+    // Rounded up to the allocator's size class, so that blocks freed by one
+    // size are reused by the same size (see AllocState::a_class_hint).
+    const uint64_t units = size_class((kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit).units;
     bool reserved = false;
     if (!p.found) {
       uint64_t count = s.s_count.load(std::memory_order_relaxed);

@@ -92,6 +92,21 @@ struct Stats {
 };
 
 uint32_t default_stripes(uint64_t max_keys);
+
+// An allocation size class (allocator.cpp): its index in
+// AllocState::a_class_hint and the size, in units, requests are rounded to.
+struct SizeClass {
+  uint32_t index;
+  uint64_t units;
+};
+SizeClass size_class(uint64_t units);
+// The size of class c (c >= kExactClasses).
+inline uint64_t size_class_units(uint32_t c) {
+  if (c < kExactClasses) return c + 1;
+  const uint32_t k = 4 + (c - kExactClasses) / 8;
+  const uint64_t step = uint64_t(1) << (k - 3);
+  return (uint64_t(1) << k) + ((c - kExactClasses) % 8 + 1) * step;
+}
 // Heap bytes (records + index tables) in a new segment of `size` bytes with
 // `stripes` stripes; 0 if that size is too small.
 uint64_t heap_bytes_for(uint64_t size, uint32_t stripes);
@@ -208,7 +223,8 @@ class Dict {
   void retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units);
   bool reclaim_spares();
   uint64_t bitmap_word(uint64_t w) const;
-  uint64_t find_run(uint64_t units) const;
+  uint64_t find_run(uint64_t units, uint64_t hint_word) const;
+  void lower_class_hints(uint64_t first, uint64_t n);
   uint64_t find_run_from_top(uint64_t units) const;
   void mark_units(uint64_t first, uint64_t n, bool used);
   uint64_t count_used_units() const;

@@ -20,6 +20,7 @@
 //   h_recount_needed              recovery; recount (all locks) writers on TooManyKeys
 //   AllocState, bitmap            alloc-lock holder             alloc-lock holder
 //   a_reserved_low/_high          alloc-lock holder             alloc-lock holder
+//   a_class_hint                  alloc-lock holder             alloc-lock holder
 //   a_holder_tid, s_holder_tid    that lock's holder            waiters (stuck-lock check)
 //   Stripe::s_count, s_tombs      stripe-lock holder            len() (relaxed), holder
 //   Stripe::s_table_gen/_ref      stripe-lock holder (resize)   lock-free readers
@@ -77,6 +78,11 @@ constexpr uint64_t kMaxKeysLimit = uint64_t(1) << 31;
 constexpr uint64_t kMaxSegmentBytes = uint64_t(1) << 44;  // 16 TiB
 constexpr uint32_t kMinTableLog2 = 4;                    // 16 slots
 constexpr uint64_t kSpareMaxUnits = 16;  // a stripe keeps freed blocks up to 1 KiB
+// Allocation size classes: 1..16 units exactly, then 8 per doubling up to
+// kLargestClassUnits (256 KiB); larger blocks are not rounded.
+constexpr uint32_t kExactClasses = 16;
+constexpr uint64_t kLargestClassUnits = 4096;
+constexpr uint32_t kSizeClasses = 80;
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free,
               "shared-memory atomics must be address-free");
@@ -107,7 +113,15 @@ struct AllocState {
   std::atomic<uint64_t> a_units;    // its size in units
   std::atomic<uint64_t> a_target;   // byte offset of the journal field involved
   std::atomic<uint64_t> a_used_units;  // units allocated; readers: stats (relaxed)
-  std::atomic<uint64_t> a_hint_word;   // no free bit below this bitmap word
+  // Search hints, one per size class (size_class() in allocator.cpp): no
+  // free run of at least that class's size starts below bitmap word
+  // a_class_hint[c].  Allocations round their size up to a class, so a search
+  // starts at its class's hint and moves it to where it found a run; a free
+  // lowers the hints of every class its merged run can hold.  So the search
+  // never rescans the small holes that other sizes leave (mixed value sizes
+  // made first fit from one global hint 65x slower).  Only a lower bound:
+  // recovery resets them all to 0, and a hint past the bitmap is ignored.
+  uint32_t a_class_hint[kSizeClasses];
   // Heap units [0, a_reserved_low) and [a_reserved_high, h_heap_units) have
   // their pages reserved in /dev/shm (posix_fallocate), so touching them can
   // never raise SIGBUS on a full tmpfs.  Records grow from the bottom and
