@@ -121,6 +121,10 @@ class Dict {
   uint32_t stripe_count() const { return nstripes_; }
   uint32_t creator_pid() const { return hdr_->h_creator_pid; }
   uint32_t mode() const { return hdr_->h_mode; }
+  // Identity of this segment (immutable once ready): the binding compares it
+  // with the header behind the name now, to tell a replaced segment apart.
+  uint64_t created_unix_ns() const { return hdr_->h_created_unix_ns; }
+  uint64_t hash_seed() const { return hash_seed_; }
 
  private:
   Dict(std::string name, uint8_t* base, uint64_t size);
