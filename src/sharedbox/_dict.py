@@ -507,9 +507,11 @@ class SharedDict(_core.SharedDictCore):
         self.close()
 
     def __copy__(self) -> SharedDict:
+        """Refused with TypeError: a copy would share the data (use dict(d))."""
         raise TypeError(_NO_COPY)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SharedDict:
+        """Refused with TypeError: a copy would share the data (use dict(d))."""
         raise TypeError(_NO_COPY)
 
     def __reduce__(self) -> tuple[Any, tuple[str, bool]]:
