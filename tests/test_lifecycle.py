@@ -481,11 +481,11 @@ def test_temporary_is_unlinked_when_collected():
     assert not os.path.exists(shm_path(name))
 
 
-def test_temporary_failed_data_leaves_nothing(monkeypatch):
-    before = set(os.listdir("/dev/shm"))
+def test_temporary_failed_data_leaves_nothing():
+    prefix = unique_name("sbxtmpfail")
     with pytest.raises(ValueError):
-        SharedDict.temporary({"bad": Unpicklable()}, size=1 << 20)
-    assert set(os.listdir("/dev/shm")) <= before
+        SharedDict.temporary({"bad": Unpicklable()}, size=1 << 20, prefix=prefix)
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(prefix)] == []
 
 
 def test_temporary_is_unlinked_at_exit_but_not_by_a_forked_child():

@@ -388,7 +388,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
             f"not removing {args.name!r}: " + "; ".join(reasons) + " (pass --force to remove it)"
         )
     try:
-        _core.unlink_segment(args.name)
+        # /dev/shm/NAME is the object's file: os.unlink also removes a name
+        # that is not valid UTF-8 (which the native unlink_segment refuses).
+        os.unlink(path)
     except FileNotFoundError:
         raise CliError(f"no segment named {args.name!r} in {SHM_DIR}") from None
     print(f"removed {args.name!r}")
