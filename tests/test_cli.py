@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sharedbox
 from sharedbox import SharedDict, _cli, _core
 from sharedbox._cli import main
 
@@ -438,3 +439,114 @@ def test_demo(name):
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"closed and unlinked {name!r}" in out.stdout
     assert not (SHM / name).exists()
+
+
+def test_demo_refuses_an_existing_name_and_keeps_its_data(name):
+    with SharedDict(name, {"keep": "me"}, size=1 << 20) as d:
+        out = subprocess.run([sys.executable, "-m", "sharedbox", "demo", "--name", name],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 1
+        assert_one_line_error(out.stderr, "demo")
+        assert "exists already" in out.stderr
+        assert (SHM / name).exists()
+        assert dict(d.items()) == {"keep": "me"}
+
+
+def _gone(pid):
+    """Whether process pid has exited (a zombie counts: it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_demo_children_exit_when_the_demo_process_dies(name):
+    # The demo process starts its children and dies before it lets them
+    # begin: they must notice and exit instead of waiting forever.
+    code = (
+        "import multiprocessing as mp, os, sys\n"
+        "from sharedbox import SharedDict, _demo\n"
+        "d = SharedDict(sys.argv[1], size=16 << 20, max_keys=1000)\n"
+        "procs, start, out = _demo.start_children(mp.get_context('spawn'), sys.argv[1])\n"
+        "print(' '.join(str(p.pid) for p in procs), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 1 + _demo_workers()
+    import time
+
+    deadline = time.monotonic() + 60  # a generous bound, not a speed check
+    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if not _gone(pid)]
+    for pid in left:  # do not leave them behind when the test fails
+        os.kill(pid, 9)
+    assert left == []
+
+
+def _demo_workers():
+    from sharedbox import _demo
+
+    return _demo.WORKERS
+
+
+def test_demo_help_describes_the_demo(capsys):
+    status, out, _ = run_cli(capsys, "demo", "--help")
+    assert status == 0
+    text = " ".join(out.split())
+    assert "producer" in text and "consumer" in text and "exists" in text
+
+
+def test_dump_shows_an_empty_key_visibly(capsys, sd):
+    sd.update({"": "empty key", " padded ": 2, "plain": 3})
+    status, out, _ = run_cli(capsys, "dump", sd.name)
+    assert status == 0
+    first_cells = [line.split("  ")[0] for line in out.splitlines()[1:]]
+    assert sorted(first_cells) == sorted(["''", repr(" padded "), "plain"])
+
+
+def test_unpickle_without_values_says_what_it_needs(capsys, sd):
+    status, out, err = run_cli(capsys, "dump", sd.name, "--unpickle")
+    assert status == 2 and out == ""
+    assert_one_line_error(err, "dump")
+    assert "--values" in err
+
+
+def test_info_dump_and_rm_accept_a_dev_shm_path(capsys, name):
+    with SharedDict(name, {"k": 1}, size=1 << 20):
+        path = str(SHM / name)
+        assert run_json(capsys, "info", path)["name"] == name
+        assert run_json(capsys, "dump", path)["entries"][0]["key"] == "k"
+    status, out, err = run_cli(capsys, "rm", path)
+    assert status == 0, err
+    assert not (SHM / name).exists()
+
+
+def test_rm_removes_a_closed_segment_whose_creator_is_running(capsys, name):
+    SharedDict(name, size=1 << 20).close()  # its creator (this process) runs on
+    status, out, err = run_cli(capsys, "rm", name)
+    assert status == 0 and err == ""
+    assert not (SHM / name).exists()
+
+
+def test_list_segments_is_what_list_shows(capsys, sd):
+    sd["a"] = 1
+    mine = [s for s in sharedbox.list_segments() if s["name"] == sd.name]
+    assert len(mine) == 1
+    info = mine[0]
+    assert info["entries"] == 1 and info["max_keys"] == sd.max_keys
+    assert info["size"] == sd.segment_size and info["status"] == "ok"
+    assert info["creator_pid"] == os.getpid() and info["alive"] is True
+    assert info["mode"] == 0o600 and os.getpid() in info["mapped_by"]
+    header = _core._peek_header((SHM / sd.name).read_bytes()[:_core.PAGE_BYTES])
+    assert info["created"] == header["created_unix_ns"] / 1e9
+    row = listed(capsys, sd.name)
+    assert set(row) == set(info)
+    assert row["mode"] == "0600"
+    assert {k: v for k, v in row.items() if k not in ("mode", "created")} == {
+        k: v for k, v in info.items() if k not in ("mode", "created")
+    }

@@ -32,12 +32,17 @@ def test_python_block_runs(doc, code, tmp_path):
     script = tmp_path / "snippet.py"
     script.write_text(code)
     before = set(os.listdir("/dev/shm"))
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stderr == ""
-    mine = re.compile(r"_\d+$")  # snippets name their segments <word>_<pid>
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=tmp_path,
+    ) as proc:
+        stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stdout + stderr
+    assert stderr == ""
+    # Snippets name their segments <word>_<pid> (temporary(): sbx_tmp_<pid>_<hex>);
+    # only names with this snippet's PID count, since other test runs may be
+    # creating segments at the same time.
+    mine = re.compile(rf"_{proc.pid}(_|$)")
     left = {n for n in set(os.listdir("/dev/shm")) - before if mine.search(n)}
     assert not left, f"the snippet left {left} in /dev/shm"
 

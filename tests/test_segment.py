@@ -10,6 +10,7 @@ from conftest import remove_segment, unique_name
 from sharedbox import (
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
+    SegmentMismatchWarning,
     SegmentNotFoundError,
     SharedDict,
     SharedDictClosedError,
@@ -31,7 +32,8 @@ def test_create_then_attach_sees_same_data(name):
 
 def test_create_true_attaches_with_the_segments_own_parameters(name):
     a = SharedDict(name, size=1 << 20, max_keys=10, stripes=4)
-    b = SharedDict(name, size=64 << 20, max_keys=5000, stripes=64)
+    with pytest.warns(SegmentMismatchWarning):  # the arguments were ignored
+        b = SharedDict(name, size=64 << 20, max_keys=5000, stripes=64)
     assert (b.segment_size, b.max_keys, b.stripes) == (1 << 20, 10, 4)
     assert not b.created
     a.close()

@@ -174,18 +174,56 @@ def test_help_shows_the_signature_and_docstrings():
     sig = inspect.signature(SharedDict)
     assert list(sig.parameters) == [
         "name", "data", "size", "create", "max_keys", "stripes", "mode",
-        "attach_timeout", "allow_pickle",
+        "attach_timeout", "allow_pickle", "strict",
     ]
     assert sig.parameters["size"].default == 128 * 1024 * 1024
     assert sig.parameters["max_keys"].default == 128
+    assert sig.parameters["mode"].default == 0o600
     assert sig.parameters["size"].kind is inspect.Parameter.KEYWORD_ONLY
     import pydoc
 
     page = pydoc.render_doc(SharedDict, renderer=pydoc.plaintext)
     assert "SharedDict(name: 'str', data: 'Optional[Mapping[str, Any]]' = None, *," in page
+    # Defaults read as written, and no sentinel shows as <object object at 0x...>.
+    assert "size: 'int' = 128 * 1024 * 1024" in page
+    assert "mode: 'int' = 0o600" in page
+    assert " at 0x" not in page
+    assert "pop(self, key: 'str', default: 'Any' = <no default>)" in page
     public = [n for n in dir(SharedDict) if not n.startswith("_")]
     public += ["__init__", "__enter__", "__exit__", "__iter__"]
     for method in public:
         assert inspect.getdoc(getattr(SharedDict, method)), f"SharedDict.{method} has no docstring"
     # __init__ documents itself, not the native constructor's positional form.
     assert "create: bool, size: int" not in inspect.getdoc(SharedDict.__init__)
+
+
+def test_docstrings_list_errors_and_fields():
+    setitem = inspect.getdoc(SharedDict.__setitem__) or ""
+    for error in ("TypeError", "ValueError", "PickleRefusedError", "TooManyKeysError",
+                  "SegmentFullError", "ValueTooLargeError", "SharedDictClosedError"):
+        assert error in setitem, error
+    for error in ("KeyError", "TypeError", "ValueError", "SharedDictClosedError"):
+        assert error in (inspect.getdoc(SharedDict.__getitem__) or ""), error
+    assert "KeyError" in (inspect.getdoc(SharedDict.__delitem__) or "")
+    # The documented slots are still the native ones (a Python-level method
+    # would make every d[k] = v slower): wrapper descriptors of the C slot.
+    for slot in ("__setitem__", "__getitem__", "__delitem__"):
+        assert type(getattr(SharedDict, slot)).__name__ == "wrapper_descriptor", slot
+
+    from conftest import remove_segment, unique_name
+
+    name = unique_name()
+    try:
+        with SharedDict(name, {"a": 1}, size=1 << 20, max_keys=8) as d:
+            stats = d.get_stats()
+            advice = d.recommend_sizing(100)
+    finally:
+        remove_segment(name)
+    stats_doc = inspect.getdoc(SharedDict.get_stats) or ""
+    for field in stats:
+        assert field in stats_doc, f"get_stats() does not document {field!r}"
+    sizing_doc = inspect.getdoc(SharedDict.recommend_sizing) or ""
+    for field in (*advice, *advice["sizing_recommendation"], *advice["lock_recommendation"]):
+        assert field in sizing_doc, f"recommend_sizing() does not document {field!r}"
+    for doc in (stats_doc, sizing_doc):
+        assert "SharedDictClosedError" in doc

@@ -189,3 +189,69 @@ def test_native_types_are_not_pickled(sd):
         raw = f.read()
     assert b"plain text marker 12345" in raw and b"raw bytes marker 67890" in raw
     assert pickle.dumps("plain text marker 12345", protocol=5) not in raw
+
+
+# ---------------------------------------------------------------------------
+# Bytes-like values: a memoryview (which pickle refuses) and any buffer that
+# pickle cannot carry are stored as their bytes and read back as bytes.
+# Buffers that pickle does carry keep their type (bytearray, array.array).
+
+
+def test_memoryview_is_stored_as_bytes(sd):
+    source = bytearray(b"hello world")
+    sd["mv"] = memoryview(source)
+    source[:5] = b"HELLO"  # a copy was stored, not the view
+    got = sd["mv"]
+    assert type(got) is bytes and got == b"hello world"
+    assert sd._value_info("mv")[0] == "bytes"
+
+
+def test_memoryview_shapes_and_formats(sd):
+    import array
+
+    import numpy as np
+
+    sd["strided"] = memoryview(b"abcdef")[::2]  # not contiguous: copied in C order
+    assert sd["strided"] == b"ace"
+    ints = array.array("i", [1, 2, 3])
+    sd["ints"] = memoryview(ints)
+    assert sd["ints"] == ints.tobytes()
+    grid = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    sd["fortran"] = memoryview(np.asfortranarray(grid))
+    assert sd["fortran"] == grid.tobytes()  # C order
+    sd["big"] = memoryview(b"z" * (3 << 20))  # copied without the GIL
+    assert sd["big"] == b"z" * (3 << 20)
+
+
+def test_unpicklable_buffer_is_stored_as_bytes(sd):
+    import mmap
+
+    mm = mmap.mmap(-1, 4096)
+    mm[:4] = b"mmap"
+    sd["mm"] = mm
+    got = sd["mm"]
+    assert type(got) is bytes and got[:4] == b"mmap" and len(got) == 4096
+    mm.close()
+
+
+def test_picklable_buffers_keep_their_type(sd):
+    import array
+
+    sd["ba"] = bytearray(b"mutable")
+    sd["arr"] = array.array("d", [1.5])
+    assert type(sd["ba"]) is bytearray and sd["ba"] == bytearray(b"mutable")
+    assert type(sd["arr"]) is array.array and sd["arr"] == array.array("d", [1.5])
+
+
+def test_released_memoryview_is_a_value_error(sd):
+    view = memoryview(b"gone")
+    view.release()
+    with pytest.raises(ValueError):
+        sd["k"] = view
+    assert "k" not in sd
+
+
+def test_memoryview_without_pickle(name):
+    with SharedDict(name, size=1 << 20, allow_pickle=False) as d:
+        d["mv"] = memoryview(b"native")
+        assert d["mv"] == b"native"

@@ -14,9 +14,11 @@ from typing_extensions import assert_type
 import sharedbox
 from sharedbox import (
     SegmentFullError,
+    SegmentReplacedError,
     SharedBoxError,
     SharedDict,
     SharedDictClosedError,
+    SharedDictOpenError,
     TooManyKeysError,
 )
 
@@ -35,7 +37,9 @@ def spec_calls() -> None:
         mode=0o660,
         attach_timeout=1.5,
         allow_pickle=False,
+        strict=True,
     )
+    SharedDict("typed_usage_pairs", [("a", 1), ("b", 2)])
 
     d["k"] = [1, 2, 3]
     assert_type(d["k"], Any)
@@ -71,9 +75,20 @@ def spec_calls() -> None:
     assert_type(d.stripes, int)
     assert_type(d.created, bool)
     assert_type(d.allow_pickle, bool)
+    assert_type(d.mode, int)
     assert_type(d.is_closed(), bool)
+    assert_type(d.is_current(), bool)
     d.close()
     d.unlink()
+
+    tmp = SharedDict.temporary({"a": 1}, size=1 << 20, max_keys=8, prefix="typed")
+    assert_type(tmp, SharedDict)
+    tmp.close()
+    for seg in sharedbox.list_segments():
+        assert_type(seg, sharedbox.SegmentInfo)
+        assert_type(seg["name"], str)
+        assert_type(seg["entries"], int | None)
+        assert_type(seg["mapped_by"], list[int])
 
     with SharedDict("typed_usage_ctx", max_keys=8) as ctx:
         assert_type(ctx, SharedDict)
@@ -93,6 +108,12 @@ def errors() -> None:
         assert isinstance(exc, RuntimeError) and isinstance(exc, SharedBoxError)
     except SharedDictClosedError:
         pass
+    try:
+        d.unlink()
+    except SharedDictOpenError as exc:
+        assert isinstance(exc, RuntimeError)
+    except SegmentReplacedError:
+        pass
 
 
 def rejected() -> None:
@@ -104,3 +125,4 @@ def rejected() -> None:
     SharedDict("n", size="big")  # type: ignore[arg-type]
     SharedDict("n", max_key=10)  # type: ignore[call-arg]
     d.get_stats()["no_such_field"]  # type: ignore[typeddict-item]
+    SharedDict.temporary(create=False)  # type: ignore[call-arg]

@@ -8,8 +8,15 @@
 //   2. A thread may block on a shared lock while holding the GIL, because by
 //      rule 1 the lock's holder never waits for the GIL.
 // The hot dunder methods are installed as type slots (no method lookup).
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
@@ -17,7 +24,9 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 
 #include "codec.hpp"
 #include "sharedbox/dict.hpp"
@@ -219,6 +228,9 @@ class Encoded : public sbx::ValueSource {
       return;
     }
     if (is_ndarray(t) && array(v)) return;
+    // A memoryview is a window on someone else's memory, not a value of its
+    // own (pickle refuses it): store the bytes it shows; they read back as bytes.
+    if (PyMemoryView_Check(v)) return buffer_bytes(v);
     pickled(v);
   }
 
@@ -240,13 +252,35 @@ class Encoded : public sbx::ValueSource {
 
   void tag_only(codec::Tag tag) { head_.assign(1, char(tag)); }
 
+  // Stores the contents of a buffer-protocol object (C order) as bytes.
+  void buffer_bytes(PyObject* v) {
+    // A C-contiguous view of v, copied only if v's memory is not C-contiguous.
+    nb::object view = nb::steal(PyMemoryView_GetContiguous(v, PyBUF_READ, 'C'));
+    if (!view.is_valid()) throw nb::python_error();  // e.g. a released memoryview
+    const Py_buffer* b = PyMemoryView_GET_BUFFER(view.ptr());
+    head_.assign(1, char(codec::kBytes));
+    payload_ = static_cast<const uint8_t*>(b->buf);
+    payload_len_ = uint64_t(b->len);
+    keep_ = std::move(view);
+  }
+
   void pickled(PyObject* v) {
     if (!allow_pickle_)
       throw_pickle_refused(
           "this SharedDict was opened with allow_pickle=False: only None, bool, int64, "
-          "float, str, bytes and NumPy arrays (not of object dtype) can be stored");
+          "float, str, bytes, memoryview and NumPy arrays (not of object dtype) can be "
+          "stored");
     nb::object data = nb::steal(PyObject_CallOneArg(g.pickle_dumps, v));
-    if (!data.is_valid()) throw nb::python_error();
+    if (!data.is_valid()) {
+      // A buffer that pickle cannot carry (mmap, ...): store its bytes, as
+      // for a memoryview.  Picklable buffers (bytearray, array.array) keep
+      // their type through pickle.
+      if (PyObject_CheckBuffer(v)) {
+        PyErr_Clear();
+        return buffer_bytes(v);
+      }
+      throw nb::python_error();
+    }
     if (!PyBytes_Check(data.ptr())) throw std::runtime_error("pickle helper must return bytes");
     head_.assign(1, char(codec::kPickle));
     payload_ = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(data.ptr()));
@@ -366,10 +400,12 @@ class Sink : public sbx::ValueSink {
         direct_ = make_array(h, v + h.data_at, true);
         return;
       }
-      if (v[0] == codec::kBytes && n > kInlineBytes) {
+      if ((v[0] == codec::kBytes && n > kInlineBytes) || v[0] == codec::kPickle) {
+        // A pickle is copied straight into a bytes object too: see unpickle().
         direct_ = nb::steal(PyBytes_FromStringAndSize(nullptr, Py_ssize_t(n - 1)));
         if (!direct_.is_valid()) throw nb::python_error();
         copy_bytes(reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(direct_.ptr())), v + 1, n - 1, true);
+        direct_pickle_ = v[0] == codec::kPickle;
         return;
       }
     }
@@ -380,11 +416,15 @@ class Sink : public sbx::ValueSink {
 
   void reset() override {
     direct_ = nb::object();
+    direct_pickle_ = false;
     len_ = 0;
   }
 
   nb::object decode() {
-    if (direct_.is_valid()) return std::move(direct_);
+    if (direct_.is_valid()) {
+      nb::object made = std::move(direct_);
+      return direct_pickle_ ? unpickle(made) : made;
+    }
     const uint8_t* v = data();
     uint64_t n = len_;
     if (n == 0) throw_corrupt_value();
@@ -415,16 +455,10 @@ class Sink : public sbx::ValueSink {
       case codec::kBytes:
         return nb::steal(PyBytes_FromStringAndSize(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1)));
       case codec::kPickle: {
-        if (!allow_pickle_)
-          throw_pickle_refused(
-              "refusing to unpickle a stored value: this SharedDict was opened with "
-              "allow_pickle=False (unpickling data from shared memory can run code)");
-        nb::object view = nb::steal(PyMemoryView_FromMemory(
-            reinterpret_cast<char*>(const_cast<uint8_t*>(v + 1)), Py_ssize_t(n - 1), PyBUF_READ));
-        if (!view.is_valid()) throw nb::python_error();
-        PyObject* obj = PyObject_CallOneArg(g.pickle_loads, view.ptr());
-        if (!obj) throw nb::python_error();
-        return nb::steal(obj);
+        nb::object data = nb::steal(
+            PyBytes_FromStringAndSize(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1)));
+        if (!data.is_valid()) throw nb::python_error();
+        return unpickle(data);
       }
       case codec::kNdarray: {
         ArrayHeader h;
@@ -437,6 +471,19 @@ class Sink : public sbx::ValueSink {
   }
 
  private:
+  // Unpickles `data`, a bytes object.  Pickle is never handed a view of this
+  // sink's private buffer: when unpickling fails, the traceback keeps the
+  // argument alive after the sink (and its buffer) are gone.
+  nb::object unpickle(const nb::object& data) {
+    if (!allow_pickle_)
+      throw_pickle_refused(
+          "refusing to unpickle a stored value: this SharedDict was opened with "
+          "allow_pickle=False (unpickling data from shared memory can run code)");
+    PyObject* obj = PyObject_CallOneArg(g.pickle_loads, data.ptr());
+    if (!obj) throw nb::python_error();
+    return nb::steal(obj);
+  }
+
   uint8_t* buffer(uint64_t n) {
     if (n <= kInlineBytes) return inline_;
     if (n > heap_cap_) {
@@ -456,6 +503,7 @@ class Sink : public sbx::ValueSink {
   uint64_t segment_off_ = 0;
   bool allow_pickle_;
   nb::object direct_;
+  bool direct_pickle_ = false;  // direct_ holds pickle bytes still to be loaded
 };
 
 // ---------------------------------------------------------------------------
@@ -549,6 +597,41 @@ class PeekSink : public sbx::ValueSink {
   uint64_t segment_off_ = 0;
 };
 
+// What the name `name` refers to now, compared with the segment whose header
+// holds (created_ns, seed): "current" (that segment), "missing" (nothing), or
+// "replaced" (another segment, or something that is not ours to read).  The
+// creation stamp and the random hash seed are written once, before the
+// segment is ready, so they tell two segments of one name apart.
+const char* name_state(const std::string& name, uint64_t created_ns, uint64_t seed) {
+  sbx::Dict::validate_name(name);
+  const std::string path = "/" + name;
+  int fd = ::shm_open(path.c_str(), O_RDONLY, 0);
+  if (fd < 0) {
+    int e = errno;
+    if (e == ENOENT) return "missing";
+    // Our own segment is readable by us (we opened it read-write); one we
+    // may not read belongs to someone else.
+    if (e == EACCES || e == EPERM) return "replaced";
+    throw sbx::Error(sbx::Errc::System,
+                     "cannot open shared memory segment '" + name + "': " + std::strerror(e), e);
+  }
+  using H = sbx::SegmentHeader;
+  unsigned char buf[sizeof(H)];
+  ssize_t n = ::pread(fd, buf, sizeof buf, 0);
+  ::close(fd);
+  if (n != ssize_t(sizeof buf)) return "replaced";
+  auto field = [&](size_t off, auto zero) {
+    decltype(zero) v;
+    std::memcpy(&v, buf + off, sizeof v);
+    return v;
+  };
+  bool same = field(offsetof(H, h_magic), uint64_t()) == sbx::kMagic &&
+              field(offsetof(H, h_version), uint32_t()) == sbx::kLayoutVersion &&
+              field(offsetof(H, h_created_unix_ns), uint64_t()) == created_ns &&
+              field(offsetof(H, h_hash_seed), uint64_t()) == seed;
+  return same ? "current" : "replaced";
+}
+
 // ---------------------------------------------------------------------------
 // The handle.
 
@@ -573,6 +656,28 @@ class Core {
     segment_bytes_ = dict_->segment_bytes();
     max_keys_ = dict_->max_keys();
     stripes_ = dict_->stripe_count();
+    mode_ = dict_->mode();
+    created_ns_ = dict_->created_unix_ns();
+    seed_ = dict_->hash_seed();
+    opened_pid_ = ::getpid();
+    std::lock_guard<std::mutex> hold(registry_mutex());
+    registry().insert(this);
+  }
+
+  ~Core() {
+    std::lock_guard<std::mutex> hold(registry_mutex());
+    registry().erase(this);
+  }
+
+  // fork() copies the use count of threads that were inside an operation,
+  // but not the threads: in the child nobody would ever leave, and close()
+  // would never unmap.  These handlers keep the count right in the child.
+  static void install_fork_handlers() {
+    pthread_atfork([] { registry_mutex().lock(); }, [] { registry_mutex().unlock(); },
+                   [] {
+                     for (Core* c : registry()) c->reset_after_fork();
+                     registry_mutex().unlock();
+                   });
   }
 
   // RAII: counts this thread as inside an operation; refuses if closed.
@@ -704,7 +809,11 @@ class Core {
   uint64_t segment_bytes() const { return segment_bytes_; }
   uint64_t max_keys() const { return max_keys_; }
   uint32_t stripes() const { return stripes_; }
-  bool created() const { return created_; }
+  uint32_t mode() const { return mode_; }
+  // A forked child inherits the handle but did not create the segment: it
+  // must not act as the creator (e.g. unlink it when it is done).
+  bool created() const { return created_ && ::getpid() == opened_pid_; }
+  std::pair<uint64_t, uint64_t> identity() const { return {created_ns_, seed_}; }
   bool allow_pickle() const { return allow_pickle_; }
   uint32_t creator_pid() {
     Use d(this);
@@ -716,17 +825,44 @@ class Core {
     if (!released_.exchange(true, std::memory_order_acq_rel)) dict_.reset();
   }
 
+  // In a forked child (only the forking thread exists): drop the counts of
+  // the threads that stayed behind, and finish a close() that waited for them.
+  void reset_after_fork() {
+    uint64_t closed = state_.load(std::memory_order_relaxed) & 1;
+    state_.store(closed, std::memory_order_relaxed);
+    if (closed) release();
+  }
+
+  static std::mutex& registry_mutex() {
+    static std::mutex* m = new std::mutex;  // never destroyed: fork may run at exit
+    return *m;
+  }
+  static std::unordered_set<Core*>& registry() {  // every live handle
+    static auto* handles = new std::unordered_set<Core*>;
+    return *handles;
+  }
+
   std::unique_ptr<sbx::Dict> dict_;
   std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed
   std::atomic<bool> released_{false};
   std::string name_;
   bool created_ = false;
   uint64_t segment_bytes_ = 0, max_keys_ = 0;
-  uint32_t stripes_ = 0;
+  uint32_t stripes_ = 0, mode_ = 0;
+  uint64_t created_ns_ = 0, seed_ = 0;  // the segment's identity (see name_state)
+  pid_t opened_pid_ = 0;
   bool allow_pickle_ = true;
 };
 
-Core* core_of(PyObject* self) { return nb::inst_ptr<Core>(nb::handle(self)); }
+// The slot functions are reached without nanobind's argument checks, so they
+// check themselves that __init__ ran (a subclass may forget super().__init__()).
+Core* core_of(PyObject* self) {
+  if (!nb::inst_ready(nb::handle(self)))
+    throw nb::type_error(
+        "this SharedDict is not initialised: its __init__ never ran (a subclass's "
+        "__init__ must call super().__init__(...))");
+  return nb::inst_ptr<Core>(nb::handle(self));
+}
 
 // ---------------------------------------------------------------------------
 // Type slots for the hot paths.
@@ -791,6 +927,25 @@ PyType_Slot core_slots[] = {
     {0, nullptr},
 };
 
+// Gives a slot's wrapper descriptor (e.g. SharedDictCore.__setitem__) our own
+// docstring for help().  Assigning a Python function instead would turn the
+// native slot into a slow generic one; a wrapper descriptor with the same
+// wrapper and wrapped function keeps it native (CPython recognises it when it
+// fills the slots of subclasses).  The copied wrapperbase lives as long as
+// the type, i.e. forever.
+void document_slot(nb::handle type, const char* name, const char* doc) {
+  auto* tp = reinterpret_cast<PyTypeObject*>(type.ptr());
+  PyObject* old = PyDict_GetItemString(tp->tp_dict, name);  // borrowed
+  if (!old || Py_TYPE(old) != &PyWrapperDescr_Type) return;
+  auto* descr = reinterpret_cast<PyWrapperDescrObject*>(old);
+  auto* base = new wrapperbase(*descr->d_base);
+  base->doc = doc;
+  nb::object fresh = nb::steal(PyDescr_NewWrapper(tp, base, descr->d_wrapped));
+  if (!fresh.is_valid() || PyDict_SetItemString(tp->tp_dict, name, fresh.ptr()) != 0)
+    throw nb::python_error();
+  PyType_Modified(tp);
+}
+
 const char* kErrorNames[] = {
     "InvalidArgument", "NotFound", "PermissionDenied", "NoSpaceOnDevice", "Incompatible",
     "NotReady", "SegmentFull", "ValueTooLarge", "TooManyKeys", "Corrupt", "System",
@@ -820,6 +975,10 @@ NB_MODULE(_core, m) {
   m.attr("STRIPE_MUTEX_OFFSET") = offsetof(sbx::Stripe, s_mutex);
   m.attr("MUTEX_BYTES") = sizeof(pthread_mutex_t);
   m.attr("PAGE_BYTES") = sbx::kPage;
+  // Limits of the creation parameters (the Python layer checks against them).
+  m.attr("MAX_SEGMENT_BYTES") = sbx::kMaxSegmentBytes;
+  m.attr("MAX_KEYS") = sbx::kMaxKeysLimit;
+  m.attr("MAX_STRIPES") = sbx::kMaxStripes;
 
   m.def("_set_error_types", [](nb::dict types) {
     auto take = [&](const char* name, int index) {
@@ -849,7 +1008,13 @@ NB_MODULE(_core, m) {
   m.def("unlink_segment", [](const std::string& name) { sbx::Dict::unlink(name); }, "name"_a,
         "Removes the shared memory segment of this name.");
 
-  nb::class_<Core>(m, "SharedDictCore", nb::type_slots(core_slots))
+  Core::install_fork_handlers();
+  m.def("_name_state", &name_state, "name"_a, "created_ns"_a, "seed"_a,
+        "'current', 'missing' or 'replaced': what the name refers to now, compared with the "
+        "segment of this identity (a handle's _identity).");
+
+  nb::class_<Core> core(m, "SharedDictCore", nb::type_slots(core_slots));
+  core
       .def(nb::init<const std::string&, bool, uint64_t, uint64_t, uint32_t, uint32_t, double,
                     bool>(),
            "name"_a, "create"_a, "size"_a, "max_keys"_a, "stripes"_a, "mode"_a,
@@ -888,8 +1053,34 @@ NB_MODULE(_core, m) {
       .def_prop_ro("segment_size", &Core::segment_bytes, "The segment's size in bytes.")
       .def_prop_ro("max_keys", &Core::max_keys, "The most keys the dict can hold.")
       .def_prop_ro("stripes", &Core::stripes, "The number of lock stripes.")
-      .def_prop_ro("created", &Core::created, "True if this handle created the segment.")
+      .def_prop_ro("mode", &Core::mode, "The permission bits the segment was created with.")
+      .def_prop_ro("_identity", &Core::identity,
+                   "(creation stamp, hash seed): what tells this segment from a later one of "
+                   "the same name.")
+      .def_prop_ro("created", &Core::created,
+                   "True if this handle created the segment (False in a forked child, which "
+                   "inherits the handle but is not the creator).")
       .def_prop_ro("allow_pickle", [](const Core& c) { return c.allow_pickle(); },
                    "False if this handle refuses to store or load pickled values.")
       .def_prop_ro("creator_pid", &Core::creator_pid, "PID of the process that created it.");
+
+  // Text signatures in CPython's format ("name($self, ...)\n--\n\n" + doc).
+  document_slot(core, "__setitem__",
+                "__setitem__($self, key, value, /)\n--\n\n"
+                "Set self[key] to value: one atomic step; a failed write leaves the old value.\n\n"
+                "Raises TypeError (key not a str), ValueError (a key with a lone surrogate, or a\n"
+                "value that cannot be pickled; the cause is chained), PickleRefusedError (the\n"
+                "value needs pickle and the handle has allow_pickle=False), TooManyKeysError (a\n"
+                "new key beyond max_keys), SegmentFullError (no room for the value;\n"
+                "ValueTooLargeError if it can never fit), SharedDictClosedError.");
+  document_slot(core, "__getitem__",
+                "__getitem__($self, key, /)\n--\n\n"
+                "Return a copy of the value stored for key.\n\n"
+                "Raises KeyError (absent), TypeError (key not a str), ValueError (the value\n"
+                "cannot be unpickled here; the cause is chained), PickleRefusedError\n"
+                "(allow_pickle=False and the value is pickled), SharedDictClosedError.");
+  document_slot(core, "__delitem__",
+                "__delitem__($self, key, /)\n--\n\n"
+                "Delete self[key] (atomic).\n\n"
+                "Raises KeyError (absent), TypeError (key not a str), SharedDictClosedError.");
 }

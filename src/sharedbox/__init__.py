@@ -9,16 +9,21 @@ and read or write the same dict.  See the README and docs/ for the guarantees.
 """
 
 from ._dict import DEFAULT_MAX_KEYS, DEFAULT_SIZE, SharedDict
+from ._segments import SegmentInfo, list_segments
 from .errors import (
     CorruptSegmentError,
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
     PickleRefusedError,
     SegmentFullError,
+    SegmentMismatchError,
+    SegmentMismatchWarning,
     SegmentNotFoundError,
     SegmentNotReadyError,
+    SegmentReplacedError,
     SharedBoxError,
     SharedDictClosedError,
+    SharedDictOpenError,
     TooManyKeysError,
     ValueTooLargeError,
 )
@@ -27,6 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SharedDict",
+    "list_segments",
+    "SegmentInfo",
     "DEFAULT_SIZE",
     "DEFAULT_MAX_KEYS",
     "SharedBoxError",
@@ -40,5 +47,9 @@ __all__ = [
     "CorruptSegmentError",
     "InsufficientSharedMemoryError",
     "PickleRefusedError",
+    "SharedDictOpenError",
+    "SegmentReplacedError",
+    "SegmentMismatchError",
+    "SegmentMismatchWarning",
     "__version__",
 ]

@@ -15,20 +15,13 @@ import datetime
 import json
 import os
 import re
-import stat
 import sys
 from typing import Any, Mapping, Optional
 
 from . import __version__, _core
 from ._dict import SharedDict
+from ._segments import ATTACH_TIMEOUT, SHM_DIR, mapping_pids, pid_alive, read_header, scan
 from .errors import PickleRefusedError, SharedBoxError
-
-SHM_DIR = "/dev/shm"
-# The header is one page; reading it is enough to recognise a segment.
-_HEADER_BYTES = _core.PAGE_BYTES
-# Attach waits at most this long for a creator that is still initialising, so
-# that a half-built segment never makes the tool hang.
-_ATTACH_TIMEOUT = 0.5
 
 _PID_NOTE = (
     "PIDs are those of the creator's PID namespace: across containers that share "
@@ -40,39 +33,36 @@ class CliError(Exception):
     """A failure whose message is complete as it is (no exception type needed)."""
 
 
+class _UsageError(CliError):
+    """Options that do not go together (exit status 2, like argparse's errors)."""
+
+
 # ---------------------------------------------------------------------------
-# Finding and describing segments without attaching to them.
-
-
-def _read_header(path: str) -> tuple[Optional[dict], os.stat_result]:
-    """(header fields or None if not a sharedbox segment, stat) of a file.
-
-    Reads with read(2) instead of mapping it: a foreign file is never mapped
-    or written, and O_NONBLOCK keeps a FIFO someone left there from blocking.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, st
-        data = os.read(fd, _HEADER_BYTES)
-    finally:
-        os.close(fd)
-    return _core._peek_header(data), st
+# Finding and describing segments without attaching to them (see _segments).
 
 
 def _segment_path(name: str) -> str:
     if not name or "/" in name or "\0" in name or name in (".", ".."):
-        raise CliError(f"{name!r} is not a segment name (a name in {SHM_DIR}, without '/')")
+        raise CliError(
+            f"{name!r} is not a segment name (a name in {SHM_DIR}, or {SHM_DIR}/NAME)"
+        )
     return os.path.join(SHM_DIR, name)
+
+
+def _name_arg(text: str) -> str:
+    """The segment name in a NAME argument, which may also be given as
+    /dev/shm/NAME (as `ls` shows it)."""
+    prefix = SHM_DIR + "/"
+    name = text[len(prefix):] if text.startswith(prefix) else text
+    _segment_path(name)  # refuses what is not a name
+    return name
 
 
 def _header_or_fail(name: str) -> tuple[dict, os.stat_result]:
     """The header of segment `name`, or a CliError saying why there is none usable."""
     path = _segment_path(name)
     try:
-        header, st = _read_header(path)
+        header, st = read_header(path)
     except FileNotFoundError:
         raise CliError(f"no segment named {name!r} in {SHM_DIR}") from None
     except PermissionError:
@@ -91,142 +81,30 @@ def _header_or_fail(name: str) -> tuple[dict, os.stat_result]:
 
 def _not_ready_reason(header: dict) -> str:
     pid = header["creator_pid"]
-    if _pid_alive(pid) is False:
+    if pid_alive(pid) is False:
         return f"its creator (pid {pid}) died while initialising it; remove it with 'sharedbox rm'"
     return f"its creator (pid {pid}) is still initialising it"
 
 
-def _pid_alive(pid: int) -> Optional[bool]:
-    """Whether a process with this PID exists here; None if the PID is unknown."""
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return None
-    return True
-
-
-def _mapping_pids(files: list[os.stat_result]) -> dict[tuple[int, int], list[int]]:
-    """For each (st_dev, st_ino) in files, the PIDs of processes that map it.
-
-    Reads /proc/*/maps: a process is seen only if this user may read its maps
-    (its own processes, or all as root) and it lives in this PID namespace.
-    The engine closes its descriptor after mapping, so maps is where a live
-    handle shows.
-    """
-    wanted = {(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino): (st.st_dev, st.st_ino)
-              for st in files}
-    found: dict[tuple[int, int], list[int]] = {key: [] for key in wanted.values()}
-    if not wanted:
-        return found
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/maps", "rb") as maps:
-                lines = maps.read().splitlines()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        seen = set()
-        for line in lines:
-            # address perms offset dev inode path
-            parts = line.split(None, 5)
-            if len(parts) < 6 or parts[4] == b"0":
-                continue
-            major, _, minor = parts[3].partition(b":")
-            try:
-                key = wanted.get((int(major, 16), int(minor, 16), int(parts[4])))
-            except ValueError:
-                continue
-            if key is not None and key not in seen:
-                seen.add(key)
-                found[key].append(int(entry))
-    for pids in found.values():
-        pids.sort()
-    return found
-
-
 def _scan() -> tuple[list[dict], list[str]]:
-    """Every sharedbox segment in SHM_DIR, found by its header; and the names
-    of files that could not be read."""
+    """list_segments()'s rows as `list` prints them (mode in octal, creation
+    time in ISO format), and the names of files that could not be read."""
     try:
-        names = sorted(os.listdir(SHM_DIR))
+        segments, unreadable = scan()
     except OSError as exc:
         raise CliError(f"{SHM_DIR}: {exc.strerror}") from None
-    segments: list[dict[str, Any]] = []
-    unreadable: list[str] = []
-    for name in names:
-        try:
-            header, st = _read_header(os.path.join(SHM_DIR, name))
-        except PermissionError:
-            unreadable.append(name)
-            continue
-        except OSError:  # removed meanwhile, a symlink, ...
-            continue
-        if header is not None:
-            segments.append({"name": name, "header": header, "stat": st})
-    mappers = _mapping_pids([s["stat"] for s in segments])
     rows = []
     for seg in segments:
-        st = seg["stat"]
-        rows.append(_describe(seg["name"], seg["header"], st, mappers[(st.st_dev, st.st_ino)]))
+        row: dict[str, Any] = dict(seg)
+        row["mode"] = None if seg["mode"] is None else f"{seg['mode']:04o}"
+        row["created"] = None if seg["created"] is None else _iso_time(seg["created"])
+        rows.append(row)
     return rows, unreadable
 
 
-def _describe(name: str, header: dict, st: os.stat_result, mapped_by: list[int]) -> dict:
-    """One row of `list`.  Only a ready segment of our layout version is
-    attached (to count its entries, which takes no lock)."""
-    row: dict[str, Any] = {
-        "name": name,
-        "version": header["version"],
-        "status": "ok",
-        "size": st.st_size,
-        "used": None,
-        "entries": None,
-        "max_keys": None,
-        "creator_pid": None,
-        "alive": None,
-        "mode": None,
-        "created": None,
-        "mapped_by": mapped_by,
-    }
-    if "ready" not in header:
-        row["status"] = f"incompatible (layout version {header['version']})"
-        return row
-    pid = header["creator_pid"]
-    row.update(
-        max_keys=header["max_keys"],
-        creator_pid=pid,
-        alive=_pid_alive(pid),
-        mode=f"{header['mode']:04o}",
-        created=_iso_time(header["created_unix_ns"]),
-    )
-    if not header["ready"]:
-        row["status"] = "not ready" if row["alive"] is not False else "abandoned (never finished)"
-        return row
-    row["used"] = header["used_bytes"]
+def _iso_time(unix_seconds: float) -> Optional[str]:
     try:
-        with _attach(name) as d:
-            row["entries"] = len(d)
-    except PermissionError:
-        row["status"] = "no access"
-    except (SharedBoxError, OSError, ValueError) as exc:
-        row["status"] = f"error: {_message(exc)}"
-    return row
-
-
-def _iso_time(unix_ns: int) -> Optional[str]:
-    try:
-        t = datetime.datetime.fromtimestamp(unix_ns / 1e9)
+        t = datetime.datetime.fromtimestamp(unix_seconds)
     except (OverflowError, OSError, ValueError):
         return None
     return t.isoformat(sep=" ", timespec="seconds")
@@ -251,9 +129,11 @@ def _yes_no(flag: Optional[bool]) -> str:
 
 
 def _show_key(key: str) -> str:
-    # One line per key: a key with newlines or other control characters is
-    # shown as its repr.
-    return key if key.isprintable() else repr(key)
+    # One visible cell per key: a key that is empty, has control characters
+    # (newlines, ...) or leading/trailing spaces is shown as its repr.
+    if key and key.isprintable() and key.strip() == key:
+        return key
+    return repr(key)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:
@@ -283,7 +163,7 @@ def _short_repr(value: Any, width: int) -> str:
 
 
 def _attach(name: str, allow_pickle: bool = False) -> SharedDict:
-    return SharedDict(name, create=False, attach_timeout=_ATTACH_TIMEOUT, allow_pickle=allow_pickle)
+    return SharedDict(name, create=False, attach_timeout=ATTACH_TIMEOUT, allow_pickle=allow_pickle)
 
 
 # ---------------------------------------------------------------------------
@@ -333,10 +213,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         "path": _segment_path(args.name),
         "layout_version": header["version"],
         "creator_pid": pid,
-        "creator_alive": _pid_alive(pid),
-        "created": _iso_time(header["created_unix_ns"]),
+        "creator_alive": pid_alive(pid),
+        "created": _iso_time(header["created_unix_ns"] / 1e9),
         "mode": f"{header['mode']:04o}",
-        "mapped_by": _mapping_pids([st])[(st.st_dev, st.st_ino)],
+        "mapped_by": mapping_pids([st])[(st.st_dev, st.st_ino)],
         "stats": stats,
         "sizing": {k: v for k, v in advice.items() if k != "current_stats"},
     }
@@ -393,6 +273,8 @@ def _warnings(stats: Mapping[str, Any]) -> list[str]:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
+    if args.unpickle and not args.values:
+        raise _UsageError("--unpickle needs --values: it loads pickled values to show them")
     _header_or_fail(args.name)
     entries, failed = [], 0
     # Without --unpickle the handle refuses pickle, so nothing from the
@@ -484,7 +366,7 @@ def _print_dump(entries: list[dict], args: argparse.Namespace) -> None:
 def cmd_rm(args: argparse.Namespace) -> int:
     path = _segment_path(args.name)
     try:
-        header, st = _read_header(path)
+        header, st = read_header(path)
     except FileNotFoundError:
         raise CliError(f"no segment named {args.name!r} in {SHM_DIR}") from None
     except PermissionError:
@@ -495,10 +377,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
     elif header is None:
         reasons.append("it is not a sharedbox segment")
     else:
-        pid = header.get("creator_pid")
-        if pid and _pid_alive(pid):
-            reasons.append(f"its creator (pid {pid}) is running")
-        mapped = _mapping_pids([st])[(st.st_dev, st.st_ino)]
+        # In use means mapped: a handle maps the segment for as long as it
+        # is open.  A running creator that has closed its handle does not
+        # count (nor does a reused PID).
+        mapped = mapping_pids([st])[(st.st_dev, st.st_ino)]
         if mapped:
             reasons.append("it is mapped by pid " + ", ".join(map(str, mapped)))
     if reasons and not args.force:
@@ -506,7 +388,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
             f"not removing {args.name!r}: " + "; ".join(reasons) + " (pass --force to remove it)"
         )
     try:
-        _core.unlink_segment(args.name)
+        # /dev/shm/NAME is the object's file: os.unlink also removes a name
+        # that is not valid UTF-8 (which the native unlink_segment refuses).
+        os.unlink(path)
     except FileNotFoundError:
         raise CliError(f"no segment named {args.name!r} in {SHM_DIR}") from None
     print(f"removed {args.name!r}")
@@ -567,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Statistics of one segment and the size, max_keys and stripes "
         "recommended for it.  " + _PID_NOTE,
     )
-    p.add_argument("name", help="segment name (as given to SharedDict)")
+    p.add_argument("name", help="segment name (as given to SharedDict), or /dev/shm/NAME")
     p.add_argument("--target", type=int, metavar="N",
                    help="size the advice for N entries (default: max_keys)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -581,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Pickled values are never unpickled unless --unpickle is given: unpickling runs "
         "code chosen by whoever wrote the segment.",
     )
-    p.add_argument("name", help="segment name")
+    p.add_argument("name", help="segment name, or /dev/shm/NAME")
     p.add_argument("--values", action="store_true", help="also print each value's repr")
     p.add_argument("--unpickle", action="store_true",
                    help="with --values, load pickled values too (only for trusted segments)")
@@ -597,18 +481,30 @@ def build_parser() -> argparse.ArgumentParser:
         "rm",
         help="remove (unlink) a segment",
         description="Remove a segment's name from /dev/shm.  Refused without --force when "
-        "the segment looks in use: its creator is running, or another process maps it.  "
+        "the segment is in use: a process maps it (has it open).  "
         "Processes of other users or in other PID namespaces cannot be seen, so a segment "
         "that looks unused may still be in use there.  Processes that have it mapped keep "
         "their mapping; the memory is freed when the last one closes.  " + _PID_NOTE,
     )
-    p.add_argument("name", help="segment name")
+    p.add_argument("name", help="segment name, or /dev/shm/NAME")
     p.add_argument("-f", "--force", action="store_true",
                    help="remove it even if it looks in use or is not a sharedbox segment")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser("demo", help="run a short multi-process demo")
-    p.add_argument("--name", help="segment name to use (default: sharedbox_demo_<pid>)")
+    p = sub.add_parser(
+        "demo",
+        help="run a short multi-process demo",
+        description="Create a 16 MiB SharedDict and start a producer process and three "
+        "consumer processes (spawn) on it: the producer writes 200 readings and replaces a "
+        "512 KiB NumPy frame (bytes without NumPy) 200 times while the consumers read "
+        "them, then each consumer counts 20,000 times under its own key.  Prints what each "
+        "process saw, the counter totals and the time per operation, then removes the "
+        "segment.  Refuses a name that already exists; the child processes exit if the "
+        "demo stops or takes longer than a minute.",
+    )
+    p.add_argument("--name",
+                   help="name of the new segment (default: sharedbox_demo_<pid>); "
+                   "must not exist yet")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -621,6 +517,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     where = f"sharedbox {args.command}"
     try:
+        if args.command in ("info", "dump", "rm"):
+            args.name = _name_arg(args.name)
         status = args.func(args)
         sys.stdout.flush()  # a closed pipe must fail here, not at exit
         return status
@@ -638,7 +536,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 141
     except CliError as exc:
         print(f"{where}: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, _UsageError) else 1
     except (SharedBoxError, OSError, ValueError) as exc:
         # The library's messages already say what is wrong and what to do.
         print(f"{where}: {_message(exc)}", file=sys.stderr)

@@ -32,7 +32,7 @@ def dumps(value: Any) -> bytes:
         ) from exc
 
 
-def loads(data: memoryview) -> Any:
+def loads(data: bytes) -> Any:
     try:
         return pickle.loads(data)
     except Exception as exc:

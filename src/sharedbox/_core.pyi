@@ -34,12 +34,21 @@ PAGE_BYTES: int
 SEGMENT_MAGIC: int
 """The first eight bytes of every sharedbox segment, as a little-endian integer."""
 
+MAX_SEGMENT_BYTES: int
+"""The largest segment size a SharedDict may be created with."""
+
+MAX_KEYS: int
+"""The largest max_keys a SharedDict may be created with."""
+
+MAX_STRIPES: int
+"""The largest stripe count."""
+
 def _peek_header(data: bytes) -> dict[str, int | bool] | None: ...
 
 def _set_error_types(arg: dict[str, type[BaseException]], /) -> None: ...
 def _set_codec(
     arg0: Callable[[Any], bytes],
-    arg1: Callable[[memoryview], Any],
+    arg1: Callable[[bytes], Any],
     arg2: Callable[[Any], Any],
     arg3: Callable[[bytes, tuple[int, ...], bool, int], Any],
     /,
@@ -52,6 +61,11 @@ def heap_bytes_for(size: int, stripes: int) -> int:
 
 def unlink_segment(name: str) -> None:
     """Removes the shared memory segment of this name."""
+
+def _name_state(name: str, created_ns: int, seed: int) -> str:
+    """
+    'current', 'missing' or 'replaced': what the name refers to now, compared with the segment of this identity (a handle's _identity).
+    """
 
 @disjoint_base  # instances have a C layout: no second native base is possible
 class SharedDictCore:
@@ -108,8 +122,20 @@ class SharedDictCore:
         """The number of lock stripes."""
 
     @property
+    def mode(self) -> int:
+        """The permission bits the segment was created with."""
+
+    @property
+    def _identity(self) -> tuple[int, int]:
+        """
+        (creation stamp, hash seed): what tells this segment from a later one of the same name.
+        """
+
+    @property
     def created(self) -> bool:
-        """True if this handle created the segment."""
+        """
+        True if this handle created the segment (False in a forked child, which inherits the handle but is not the creator).
+        """
 
     @property
     def allow_pickle(self) -> bool:

@@ -4,13 +4,16 @@ The hot operations (``d[k]``, ``d[k] = v``, ``del d[k]``, ``k in d``,
 ``len(d)``, ``get``) are native type slots inherited from
 ``_core.SharedDictCore``; this module adds what is naturally Python: the
 constructor's argument checks, views, the rest of ``MutableMapping``, stats and
-sizing advice, pickling as a handle, and the context manager.
+sizing advice, pickling as a handle, temporary dicts, and the context manager.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import secrets
+import warnings
+import weakref
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Iterator, Optional
 
@@ -21,9 +24,13 @@ from .errors import (
     InsufficientSharedMemoryError,
     PickleRefusedError,
     SegmentFullError,
+    SegmentMismatchError,
+    SegmentMismatchWarning,
     SegmentNotFoundError,
     SegmentNotReadyError,
+    SegmentReplacedError,
     SharedDictClosedError,
+    SharedDictOpenError,
     TooManyKeysError,
     ValueTooLargeError,
 )
@@ -32,7 +39,42 @@ __all__ = ["SharedDict", "DEFAULT_SIZE", "DEFAULT_MAX_KEYS"]
 
 DEFAULT_SIZE = 128 * 1024 * 1024
 DEFAULT_MAX_KEYS = 128
-_MISSING: Any = object()
+# The engine counts the attach deadline in nanoseconds of a 64-bit clock, so
+# longer waits (math.inf included) are cut to this: about three years.
+_MAX_ATTACH_TIMEOUT = 1e8
+# The default stripe count shrinks for small segments until the stripes (256
+# bytes each) take at most this fraction of the segment.
+_STRIPES_SHARE = 4
+
+
+class _NoDefault:
+    """pop()'s marker for "no default given"; reads well in help()."""
+
+    def __repr__(self) -> str:
+        return "<no default>"
+
+
+_MISSING: Any = _NoDefault()
+
+
+class _Default(int):
+    """A constructor default: equal to the specified value and shown as written
+    in help() (``0o600``, not ``384``), and an object of its own, so that
+    __init__ can tell "left at the default" from the same value passed on
+    purpose (only passed values are compared with an existing segment)."""
+
+    def __new__(cls, value: int, text: str) -> _Default:
+        self = super().__new__(cls, value)
+        self._text = text
+        return self
+
+    def __repr__(self) -> str:
+        return self._text
+
+
+_SIZE_DEFAULT = _Default(DEFAULT_SIZE, "128 * 1024 * 1024")
+_MAX_KEYS_DEFAULT = _Default(DEFAULT_MAX_KEYS, "128")
+_MODE_DEFAULT = _Default(0o600, "0o600")
 
 _core._set_error_types(
     {
@@ -60,8 +102,73 @@ def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> i
     return value
 
 
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"segment name {name!r} cannot be encoded as UTF-8 (it contains a lone surrogate)"
+        ) from None
+
+
+def _default_stripes(size: int, max_keys: int) -> int:
+    """The engine's default for max_keys, halved while the stripes would take
+    more than a quarter of a segment of `size` bytes (64 KiB cannot hold 256)."""
+    stripes = _core.default_stripes(max_keys)
+    while stripes > 1 and stripes * _core.STRIPE_BYTES * _STRIPES_SHARE > size:
+        stripes //= 2
+    return stripes
+
+
+def _initial_items(data: Any) -> list[tuple[str, Any]]:
+    """`data` as (key, value) pairs, checked before any segment is created.
+
+    Accepts what dict(data) accepts: a mapping, an object with keys(), or an
+    iterable of pairs."""
+    if data is None:
+        return []
+    if isinstance(data, Mapping):
+        pairs = list(data.items())
+    elif hasattr(data, "keys"):
+        pairs = [(key, data[key]) for key in data.keys()]
+    else:
+        what = "data must be a mapping or an iterable of (key, value) pairs"
+        try:
+            items = iter(data)
+        except TypeError:
+            raise TypeError(f"{what}, not {type(data).__name__}") from None
+        pairs = []
+        for i, item in enumerate(items):
+            try:
+                key, value = item
+            except (TypeError, ValueError):
+                raise TypeError(f"{what}; item {i} is {item!r:.60}") from None
+            pairs.append((key, value))
+    for key, _ in pairs:
+        if not isinstance(key, str):
+            raise TypeError(
+                f"SharedDict keys must be str, not {type(key).__name__} (key {key!r:.60} in data)"
+            )
+    return pairs
+
+
 def _attach(name: str, allow_pickle: bool = True) -> "SharedDict":
     return SharedDict(name, create=False, allow_pickle=allow_pickle)
+
+
+def _unlink_temporary(name: str, identity: tuple[int, int], owner_pid: int) -> None:
+    """Removes a temporary() dict's segment: only in the process that created
+    it (a forked child inherits this finalizer, not the segment), and only if
+    the name still refers to that segment."""
+    if os.getpid() != owner_pid:
+        return
+    try:
+        if _core._name_state(name, *identity) == "current":
+            _core.unlink_segment(name)
+    except OSError:  # removed meanwhile (sharedbox rm, another handle's unlink)
+        pass
 
 
 class _Keys(KeysView):
@@ -101,11 +208,17 @@ class SharedDict(_core.SharedDictCore):
     processes may read and write it at once.  Values are copied in and out.
 
     Extra keyword-only options: ``stripes`` (lock stripes; a power of two,
-    default derived from max_keys), ``mode`` (permission bits of a new
+    default derived from max_keys and size), ``mode`` (permission bits of a new
     segment, default 0o600 owner-only), ``attach_timeout`` (seconds to wait
-    for a concurrent creator to finish, default 5), ``allow_pickle`` (False:
-    refuse to store or load values that need pickle, because anyone who can
-    write the segment can make an unpickling reader run code).
+    for a concurrent creator to finish, default 5; math.inf waits
+    indefinitely), ``allow_pickle`` (False: refuse to store or load values
+    that need pickle, because anyone who can write the segment can make an
+    unpickling reader run code), ``strict`` (True: raise SegmentMismatchError
+    instead of warning when an existing segment differs from the size,
+    max_keys, stripes or mode passed).
+
+    ``SharedDict.temporary()`` makes a dict under a fresh unique name that is
+    removed when its handle is closed or the process exits.
     """
 
     __hash__ = None  # type: ignore[assignment]  # mutable mapping
@@ -115,45 +228,154 @@ class SharedDict(_core.SharedDictCore):
         name: str,
         data: Optional[Mapping[str, Any]] = None,
         *,
-        size: int = DEFAULT_SIZE,
+        size: int = _SIZE_DEFAULT,
         create: bool = True,
-        max_keys: int = DEFAULT_MAX_KEYS,
+        max_keys: int = _MAX_KEYS_DEFAULT,
         stripes: Optional[int] = None,
-        mode: int = 0o600,
+        mode: int = _MODE_DEFAULT,
         attach_timeout: float = 5.0,
         allow_pickle: bool = True,
+        strict: bool = False,
     ) -> None:
         """Create the segment ``name`` (or attach to it) and store ``data`` in it.
 
-        ``size`` and ``max_keys`` apply only when this call creates the
-        segment; attaching uses the creator's.  See the class docstring for
-        the other options.  Raises SegmentNotFoundError (create=False and no
-        such segment), InsufficientSharedMemoryError (``/dev/shm`` has less
-        free space than ``size``), IncompatibleSegmentError (not a sharedbox
-        segment), ValueError or TypeError (bad arguments).
+        ``data`` is a mapping or an iterable of (key, value) pairs.
+        ``size``, ``max_keys``, ``stripes`` and ``mode`` apply only when this
+        call creates the segment.  When it attaches instead, each of them that
+        was passed and differs from the segment's gives a
+        SegmentMismatchWarning (SegmentMismatchError with ``strict=True``).
+        If storing ``data`` fails, a segment this call created is removed
+        again.  See the class docstring for the other options.
+
+        Raises SegmentNotFoundError (create=False and no such segment),
+        InsufficientSharedMemoryError (``/dev/shm`` has less free space than
+        ``size``), IncompatibleSegmentError (not a sharedbox segment),
+        SegmentNotReadyError (its creator died while initialising it),
+        SegmentMismatchError (strict=True), PermissionError, TypeError or
+        ValueError (bad arguments, a non-str key or an unpicklable value in
+        ``data``), TooManyKeysError or SegmentFullError (``data`` does not fit).
         """
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, not {type(name).__name__}")
-        _check_int("size", size, 1)
-        _check_int("max_keys", max_keys, 1)
+        _check_name(name)
+        _check_int("size", size, 1, _core.MAX_SEGMENT_BYTES)
+        _check_int("max_keys", max_keys, 1, _core.MAX_KEYS)
         if stripes is not None:
-            _check_int("stripes", stripes, 1, 4096)
+            _check_int("stripes", stripes, 1, _core.MAX_STRIPES)
             if stripes & (stripes - 1):
                 raise ValueError(f"stripes must be a power of two, got {stripes}")
         _check_int("mode", mode, 0, 0o777)
-        if not isinstance(create, bool):
-            raise TypeError(f"create must be a bool, not {type(create).__name__}")
+        for flag, value in (("create", create), ("allow_pickle", allow_pickle),
+                            ("strict", strict)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be a bool, not {type(value).__name__}")
         if isinstance(attach_timeout, bool) or not isinstance(attach_timeout, (int, float)):
             raise TypeError("attach_timeout must be a number of seconds")
-        if not attach_timeout >= 0 or math.isinf(attach_timeout):
-            raise ValueError(f"attach_timeout must be a finite number >= 0, got {attach_timeout}")
-        if not isinstance(allow_pickle, bool):
-            raise TypeError(f"allow_pickle must be a bool, not {type(allow_pickle).__name__}")
+        if not attach_timeout >= 0:  # also refuses NaN
+            raise ValueError(
+                f"attach_timeout must be a number of seconds >= 0 (math.inf: no limit), "
+                f"got {attach_timeout}"
+            )
+        timeout = float(min(attach_timeout, _MAX_ATTACH_TIMEOUT))
+        items = _initial_items(data)  # checked before a segment exists
         super().__init__(
-            name, create, size, max_keys, stripes or 0, mode, float(attach_timeout), allow_pickle
+            name, create, int(size), int(max_keys),
+            stripes or _default_stripes(size, max_keys), int(mode), timeout, allow_pickle,
         )
-        if data is not None:
-            self.update(data)
+        try:
+            if not self.created:
+                self._compare_parameters(size, max_keys, stripes, mode, strict)
+            for key, value in items:
+                self[key] = value
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _compare_parameters(
+        self, size: int, max_keys: int, stripes: Optional[int], mode: int, strict: bool
+    ) -> None:
+        """Warns (or with strict, raises) about each creation parameter that
+        was passed and differs from the existing segment's."""
+        page = _core.PAGE_BYTES
+        asked = []
+        if size is not _SIZE_DEFAULT:  # the engine rounds sizes up to whole pages
+            asked.append(("size", -(-size // page) * page, self.segment_size, str))
+        if max_keys is not _MAX_KEYS_DEFAULT:
+            asked.append(("max_keys", max_keys, self.max_keys, str))
+        if stripes is not None:
+            asked.append(("stripes", stripes, self.stripes, str))
+        if mode is not _MODE_DEFAULT:
+            asked.append(("mode", mode, self.mode, oct))
+        differ = [
+            f"{what}={show(want)} (it has {show(have)})"
+            for what, want, have, show in asked
+            if want != have
+        ]
+        if not differ:
+            return
+        text = (
+            f"SharedDict {self.name!r} already exists and differs from this call: "
+            f"{', '.join(differ)}; these arguments apply only when a call creates the segment"
+        )
+        if strict:
+            raise SegmentMismatchError(text)
+        warnings.warn(
+            text + " (pass strict=True to make this an error)", SegmentMismatchWarning,
+            stacklevel=3,
+        )
+
+    def _abandon(self) -> None:
+        """After a failed __init__: close, and remove the segment if this call
+        created it (nobody else has been told its name yet)."""
+        created = self.created
+        self.close()
+        if created and self._name_state() == "current":
+            try:
+                _core.unlink_segment(self.name)
+            except FileNotFoundError:
+                pass
+
+    @classmethod
+    def temporary(
+        cls,
+        data: Optional[Mapping[str, Any]] = None,
+        *,
+        size: int = _SIZE_DEFAULT,
+        max_keys: int = _MAX_KEYS_DEFAULT,
+        stripes: Optional[int] = None,
+        mode: int = _MODE_DEFAULT,
+        allow_pickle: bool = True,
+        prefix: str = "sbx_tmp",
+    ) -> SharedDict:
+        """A new SharedDict under a fresh unique name, removed when this handle
+        is closed (also by a ``with`` block), garbage-collected, or at exit.
+
+        The name is ``{prefix}_{pid}_{random}`` (``d.name``); other processes
+        attach to it by name or receive the handle through multiprocessing,
+        and their handles are ordinary ones: only this handle, in this
+        process, removes the segment.  A process killed by a signal cannot
+        remove it: ``sharedbox list`` shows the creator's PID.
+        """
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        items = _initial_items(data)
+        while True:
+            name = f"{prefix}_{os.getpid()}_{secrets.token_hex(8)}"
+            d = cls(name, size=size, max_keys=max_keys, stripes=stripes, mode=mode,
+                    allow_pickle=allow_pickle)
+            if d.created:
+                break
+            d.close()  # the name was taken (never seen in practice): leave it alone
+        # The finalizer holds the name and identity, not the handle: it runs
+        # on close(), when the handle is collected, or at interpreter exit.
+        d.__dict__["_temporary"] = weakref.finalize(
+            d, _unlink_temporary, name, d._identity, os.getpid()
+        )
+        try:
+            for key, value in items:
+                d[key] = value
+        except BaseException:
+            d.close()
+            raise
+        return d
 
     # -- mapping protocol beyond the native slots ---------------------------
 
@@ -179,7 +401,9 @@ class SharedDict(_core.SharedDictCore):
         return self._keys(True)
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:
-        """Remove key and return its value (atomically); default if absent, else KeyError."""
+        """Remove key and return its value (atomically); default if absent, else KeyError.
+
+        Also raises TypeError (key not a str) and the errors of d[key]."""
         value = self._pop(key, _MISSING)
         if value is _MISSING:
             if default is _MISSING:
@@ -222,7 +446,11 @@ class SharedDict(_core.SharedDictCore):
         return result if result is NotImplemented else not result
 
     def __repr__(self) -> str:
-        if self.is_closed():
+        try:
+            closed = self.is_closed()
+        except TypeError:  # __init__ never ran (a subclass forgot super().__init__())
+            return f"<{type(self).__name__} (not initialised)>"
+        if closed:
             return f"<SharedDict {self.name!r} (closed)>"
         return (
             f"<SharedDict {self.name!r}: {len(self)} of {self.max_keys} keys, "
@@ -231,14 +459,44 @@ class SharedDict(_core.SharedDictCore):
 
     # -- lifecycle -----------------------------------------------------------
 
+    def close(self) -> None:
+        """Unmap the segment from this handle; the data stays for other
+        processes.  Calling it again does nothing.  A dict made by
+        temporary() is also unlinked (by its creating process only)."""
+        super().close()
+        finalizer = self.__dict__.get("_temporary")
+        if finalizer is not None:
+            finalizer()
+
     def unlink(self) -> None:
         """Remove the segment's name; call close() first.  Other processes'
-        mappings stay valid until they close; the memory is freed then."""
+        mappings stay valid until they close; the memory is freed then.
+
+        Removes only the segment this handle opened: raises
+        SharedDictOpenError (a RuntimeError) if the handle is still open,
+        SegmentNotFoundError if the name is gone (already unlinked), and
+        SegmentReplacedError if the name now belongs to another segment (see
+        is_current()).  Call it in one process, usually the creator (see
+        ``created``)."""
         if not self.is_closed():
-            raise RuntimeError(
+            raise SharedDictOpenError(
                 f"SharedDict {self.name!r} is still open: call close() before unlink()"
             )
-        _core.unlink_segment(self.name)
+        if self._name_state() == "replaced":
+            raise SegmentReplacedError(
+                f"not unlinking {self.name!r}: the name now belongs to another segment "
+                "(the one this handle opened was unlinked, and the name reused)"
+            )
+        _core.unlink_segment(self.name)  # SegmentNotFoundError if it is gone
+
+    def is_current(self) -> bool:
+        """True while the name still refers to this handle's segment; False
+        once that segment has been unlinked (by anyone), even if a new segment
+        now has the name.  Also works on a closed handle."""
+        return self._name_state() == "current"
+
+    def _name_state(self) -> str:
+        return _core._name_state(self.name, *self._identity)
 
     def __enter__(self) -> SharedDict:
         """Return self; the with block closes this handle (it does not unlink)."""
@@ -247,6 +505,14 @@ class SharedDict(_core.SharedDictCore):
     def __exit__(self, *exc_info: object) -> None:
         """Close this handle."""
         self.close()
+
+    def __copy__(self) -> SharedDict:
+        """Refused with TypeError: a copy would share the data (use dict(d))."""
+        raise TypeError(_NO_COPY)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedDict:
+        """Refused with TypeError: a copy would share the data (use dict(d))."""
+        raise TypeError(_NO_COPY)
 
     def __reduce__(self) -> tuple[Any, tuple[str, bool]]:
         """Pickle as a handle: the receiving process attaches by name."""
@@ -259,8 +525,21 @@ class SharedDict(_core.SharedDictCore):
     # -- statistics and sizing ----------------------------------------------
 
     def get_stats(self) -> dict[str, Any]:
-        """Entry counts, sizes and space use.  Every entry is measured (the
-        record headers hold the sizes), so sample_size equals total_entries."""
+        """Entry counts, sizes and space use, as a dict with these keys:
+
+        total_entries, entries: keys stored now (the same number);
+        sample_size: entries measured (all of them, so = total_entries);
+        avg_key_utf8_bytes, avg_value_pickle_bytes: average key length in
+        UTF-8 and average stored value length (pickle only for values without
+        a native encoding); estimated_data_bytes: all keys plus all values;
+        segment_name, segment_size, max_keys, stripes: the creation parameters;
+        bytes_used, bytes_free: the heap's used and free bytes (records and
+        index tables); largest_free_block: the largest record that fits now;
+        record_bytes, index_bytes: the parts of bytes_used taken by records
+        and by the index; recoveries: repairs made after a process died
+        holding a lock.
+
+        Raises SharedDictClosedError.  Takes the allocator lock briefly."""
         return self._summarise(self._stats())
 
     def _summarise(self, raw: dict) -> dict:
@@ -288,7 +567,16 @@ class SharedDict(_core.SharedDictCore):
         """Segment size, max_keys and stripes for target_entries entries like
         the current ones (default: max_keys).  A SharedDict created with
         ``size=...['sizing_recommendation']['total_segment_size']`` and
-        ``max_keys=target_entries`` holds that many such entries."""
+        ``max_keys=target_entries`` holds that many such entries.
+
+        Returns a dict: current_stats (get_stats()); target_entries;
+        sizing_recommendation: total_segment_size (bytes, a page multiple),
+        max_keys (= target_entries), bytes_per_entry (measured),
+        current_segment_size, current_max_keys; lock_recommendation: stripes,
+        current_stripes, default_stripes, reason (a sentence).
+
+        Raises TypeError or ValueError (target_entries not an int >= 1),
+        SharedDictClosedError."""
         raw = self._stats()  # one scan serves both the summary and the sizing
         stats = self._summarise(raw)
         if target_entries is None:
@@ -324,6 +612,12 @@ class SharedDict(_core.SharedDictCore):
 
 
 MutableMapping.register(SharedDict)
+
+_NO_COPY = (
+    "a SharedDict cannot be copied: a copy would be a second handle on the same shared "
+    "data, not an independent dict.  Use dict(d) for a private snapshot of the contents, "
+    "or SharedDict(d.name, create=False) for another handle"
+)
 
 
 def _recommended_stripes(entries: int, cpus: int) -> int:

@@ -5,8 +5,17 @@ as a virtual subclass of MutableMapping (a nanobind type cannot also take
 ABCMeta as its metaclass); for type checkers it is a MutableMapping[str, Any].
 """
 
-from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, MutableMapping, ValuesView
-from typing import Any, ClassVar, TypedDict, type_check_only
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
+from typing import Any, ClassVar, NoReturn, TypedDict, type_check_only
 
 from typing_extensions import Self
 
@@ -68,19 +77,35 @@ class SharedDict(SharedDictCore, MutableMapping[str, Any]):
     """A dict of str keys in a named POSIX shared-memory segment."""
 
     __hash__: ClassVar[None]  # type: ignore[assignment]
+    # size=128 MiB, max_keys=128, mode=0o600.  The runtime defaults are int
+    # subclasses (so that __init__ can tell a default from a passed value),
+    # hence "..." here.
     def __init__(
         self,
         name: str,
-        data: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         *,
-        size: int = 134217728,
+        size: int = ...,
         create: bool = True,
-        max_keys: int = 128,
+        max_keys: int = ...,
         stripes: int | None = None,
-        mode: int = 0o600,
+        mode: int = ...,
         attach_timeout: float = 5.0,
         allow_pickle: bool = True,
+        strict: bool = False,
     ) -> None: ...
+    @classmethod
+    def temporary(
+        cls,
+        data: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        *,
+        size: int = ...,
+        max_keys: int = ...,
+        stripes: int | None = None,
+        mode: int = ...,
+        allow_pickle: bool = True,
+        prefix: str = "sbx_tmp",
+    ) -> Self: ...
     def __iter__(self) -> Iterator[str]: ...
     def keys(self) -> KeysView[str]: ...
     def items(self) -> ItemsView[str, Any]: ...
@@ -92,9 +117,13 @@ class SharedDict(SharedDictCore, MutableMapping[str, Any]):
     def clear(self) -> None: ...
     def __eq__(self, other: object) -> bool: ...
     def __ne__(self, other: object) -> bool: ...
+    def close(self) -> None: ...
     def unlink(self) -> None: ...
+    def is_current(self) -> bool: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc_info: object) -> None: ...
+    def __copy__(self) -> NoReturn: ...
+    def __deepcopy__(self, memo: dict[int, Any]) -> NoReturn: ...
     def __reduce__(self) -> tuple[Callable[[str, bool], SharedDict], tuple[str, bool]]: ...
     def get_stats(self) -> _Stats: ...
     def recommend_sizing(self, target_entries: int | None = None) -> _SizingAdvice: ...

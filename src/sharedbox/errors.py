@@ -20,6 +20,10 @@ __all__ = [
     "CorruptSegmentError",
     "InsufficientSharedMemoryError",
     "PickleRefusedError",
+    "SharedDictOpenError",
+    "SegmentReplacedError",
+    "SegmentMismatchError",
+    "SegmentMismatchWarning",
 ]
 
 
@@ -59,6 +63,33 @@ class TooManyKeysError(SharedBoxError, RuntimeError):
 
 class SharedDictClosedError(SharedBoxError, RuntimeError):
     """The handle was closed; open a new ``SharedDict`` to use the segment."""
+
+
+class SharedDictOpenError(SharedBoxError, RuntimeError):
+    """``unlink()`` was called on a handle that is still open; ``close()`` it first."""
+
+
+class SegmentReplacedError(SharedBoxError, RuntimeError):
+    """The name now belongs to another segment than the one this handle opened.
+
+    Raised by ``unlink()``: this handle's segment was unlinked (by someone)
+    and the name reused, so unlinking the name would remove somebody else's
+    dict.  ``is_current()`` tells beforehand.
+    """
+
+
+class SegmentMismatchError(SharedBoxError, ValueError):
+    """``strict=True``, and the existing segment was created with other parameters.
+
+    ``size``, ``max_keys``, ``stripes`` and ``mode`` apply only when a call
+    creates the segment; the message lists each one that differs.
+    """
+
+
+class SegmentMismatchWarning(UserWarning):
+    """Attached to an existing segment whose size, max_keys, stripes or mode
+    differ from the ones passed (they apply only at creation, so they were
+    ignored).  ``strict=True`` raises SegmentMismatchError instead."""
 
 
 class CorruptSegmentError(SharedBoxError, RuntimeError):

@@ -169,9 +169,11 @@ class Dict {
   uint32_t stripe_count() const { return nstripes_; }
   uint32_t creator_pid() const { return creator_pid_; }
   uint32_t mode() const { return mode_; }
-  // When the segment was created (CLOCK_REALTIME, ns): with the name, it
-  // tells this segment from a later one that reuses the name.
+  // Identity of this segment, from the header copy taken at attach: the
+  // binding compares it with the header behind the name now, to tell a
+  // replaced segment apart.
   uint64_t created_unix_ns() const { return created_unix_ns_; }
+  uint64_t hash_seed() const { return hash_seed_; }
 
  private:
   Dict(std::string name, uint8_t* base, uint64_t size, int fd, const SegmentHeader& identity);
