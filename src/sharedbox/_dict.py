@@ -209,9 +209,9 @@ class SharedDict(_core.SharedDictCore):
 
     Extra keyword-only options: ``stripes`` (lock stripes; a power of two,
     default derived from max_keys and size), ``mode`` (permission bits of a new
-    segment, default 0o600 owner-only), ``attach_timeout`` (seconds to wait
-    for a concurrent creator to finish, default 5; math.inf waits
-    indefinitely), ``allow_pickle`` (False: refuse to store or load values
+    segment, default 0o600 owner-only), ``attach_timeout`` (accepted for
+    compatibility: a segment gets its name only once it is complete, so
+    attaching never waits), ``allow_pickle`` (False: refuse to store or load values
     that need pickle, because anyone who can write the segment can make an
     unpickling reader run code), ``strict`` (True: raise SegmentMismatchError
     instead of warning when an existing segment differs from the size,
