@@ -9,7 +9,10 @@ and read or write the same dict.  See the README and docs/ for the guarantees.
 """
 
 from ._dict import DEFAULT_MAX_KEYS, DEFAULT_SIZE, SharedDict
+from ._redis import RedisDict, RedisLock
+from ._sentinel import MISSING
 from .errors import (
+    BackendUnavailableError,
     CorruptSegmentError,
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
@@ -27,6 +30,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SharedDict",
+    "RedisDict",
+    "RedisLock",
+    "MISSING",
     "DEFAULT_SIZE",
     "DEFAULT_MAX_KEYS",
     "SharedBoxError",
@@ -40,5 +46,6 @@ __all__ = [
     "CorruptSegmentError",
     "InsufficientSharedMemoryError",
     "PickleRefusedError",
+    "BackendUnavailableError",
     "__version__",
 ]
