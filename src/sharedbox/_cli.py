@@ -22,6 +22,8 @@ from typing import Any, Mapping, Optional
 from . import __version__, _core
 from ._dict import SharedDict
 from .errors import PickleRefusedError, SharedBoxError
+from ._copy import CopyError as _CopyError
+from ._copy import add_parser as add_copy_parser
 
 SHM_DIR = "/dev/shm"
 # The header is one page; reading it is enough to recognise a segment.
@@ -607,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove it even if it looks in use or is not a sharedbox segment")
     p.set_defaults(func=cmd_rm)
 
+    add_copy_parser(sub)  # sharedbox copy SRC DST (in _copy.py)
+
     p = sub.add_parser("demo", help="run a short multi-process demo")
     p.add_argument("--name", help="segment name to use (default: sharedbox_demo_<pid>)")
     p.set_defaults(func=cmd_demo)
@@ -636,7 +640,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 141
-    except CliError as exc:
+    except (CliError, _CopyError) as exc:
         print(f"{where}: {exc}", file=sys.stderr)
         return 1
     except (SharedBoxError, OSError, ValueError) as exc:

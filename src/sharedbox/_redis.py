@@ -930,6 +930,33 @@ class RedisDict(MutableMapping):
         _values.validate(bytes(data), self._allow_pickle)
         self._store(key, bytes(data), b"a")
 
+    def _raw_items(self) -> Iterator[tuple[str, bytes]]:
+        """(key, encoded bytes) of every key, BATCH per round trip (HSCAN)."""
+        r = self._client()
+        for s in self._shards:
+            seen: set[bytes] = set()
+            cursor: Any = 0
+            while True:
+                try:
+                    cursor, page = r.hscan(s.hash, cursor, count=BATCH)
+                except _RedisError as exc:
+                    self._fail(exc)
+                for field, data in page.items():
+                    if field not in seen:
+                        seen.add(field)
+                        yield field.decode("utf-8"), bytes(data)
+                if not cursor:
+                    break
+
+    def _put_raw_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """Store many (key, encoded bytes) pairs, BATCH per script call."""
+        pending: dict[bytes, tuple[str, bytes]] = {}
+        for key, data in items:
+            data = bytes(data)
+            _values.validate(data, self._allow_pickle)
+            pending[_values.key_bytes(key, "RedisDict")] = (key, data)
+        self._put_fields(pending)
+
     # -- lifecycle ----------------------------------------------------------------
     @property
     def name(self) -> str:
