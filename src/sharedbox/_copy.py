@@ -70,6 +70,7 @@ def _raw_items(d: Any) -> Iterator[tuple[str, bytes]]:
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
+    parse_location(args.dst)  # a mistyped destination is reported before any work
     src = open_location(args.src, create=False)
     try:
         items = list(_raw_items(src))

@@ -429,9 +429,8 @@ class RedisDict(MutableMapping):
         self._meta = f"{KEY_PREFIX}{{{name}}}:meta".encode()
         self._locks_key = f"{KEY_PREFIX}{{{name}}}:locks".encode()
         first_seq = f"{KEY_PREFIX}{{{name}}}:seq".encode() if shards == 1 else self._meta
-        if create:
-            # A key at our name that sharedbox did not make is refused, not adopted.
-            self._refuse_foreign(f"{KEY_PREFIX}{{{name}}}".encode())
+        # A key at our name that sharedbox did not make is refused, not adopted.
+        self._refuse_foreign(f"{KEY_PREFIX}{{{name}}}".encode())
         try:
             reply = self._open_script(
                 keys=[self._meta, first_seq],
@@ -487,8 +486,10 @@ class RedisDict(MutableMapping):
 
     def _refuse_foreign(self, key: bytes) -> None:
         try:
-            exists_meta = self._r.exists(self._meta)
-            exists_data = self._r.exists(key)
+            pipe = self._r.pipeline(transaction=False)
+            pipe.exists(self._meta)
+            pipe.exists(key)
+            exists_meta, exists_data = pipe.execute()
         except _RedisError as exc:
             self._fail(exc)
         if exists_data and not exists_meta:
@@ -838,8 +839,8 @@ class RedisDict(MutableMapping):
     async def wait_async(
         self, key: str, version: Any = _NOT_GIVEN, timeout: Optional[float] = None
     ) -> Optional[int]:
-        """wait() for asyncio: runs in a worker thread; cancelling it closes
-        the subscription, which ends the thread."""
+        """wait() for asyncio: runs in a worker thread; cancelling it wakes
+        that thread, which then ends."""
         import asyncio
 
         holder: dict[str, Any] = {}
@@ -848,11 +849,16 @@ class RedisDict(MutableMapping):
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
+            # Wake the worker with a message on its own channel (closing its
+            # connection from this thread would race with the worker's use).
             holder["cancelled"] = True
-            pubsub = holder.get("pubsub")
-            if pubsub is not None:
-                pubsub.close()  # wakes the thread, which then ends
             future.add_done_callback(lambda f: f.exception())  # nobody else will read it
+            channel = holder.get("channel")
+            if channel is not None:
+                try:
+                    self._notify(channel)
+                except Exception:  # the worker still ends at its timeout or guard
+                    pass
             raise
 
     def _subscribe(self, channel: bytes) -> tuple[Any, Callable[[float], Any]]:
@@ -870,6 +876,14 @@ class RedisDict(MutableMapping):
             pubsub.close()
             raise
 
+    def _notify(self, channel: bytes) -> None:
+        """Publish an empty notice on a channel (waiters then re-read)."""
+        r = self._client()
+        if self._sharded_pubsub:
+            r.spublish(channel, b"")
+        else:
+            r.publish(channel, b"")
+
     def _wait(
         self, key: str, version: Any, timeout: Optional[float], holder: Optional[dict]
     ) -> Optional[int]:
@@ -884,7 +898,7 @@ class RedisDict(MutableMapping):
         except _RedisError as exc:
             self._fail(exc)
         if holder is not None:
-            holder["pubsub"] = pubsub
+            holder["channel"] = s.chan + field
         try:
             current = self.version(key)
             if version is _NOT_GIVEN:
@@ -897,12 +911,8 @@ class RedisDict(MutableMapping):
                     )
                 try:
                     receive(min(left, WAIT_GUARD_SECONDS))
-                except Exception as exc:
-                    if holder is not None and holder.get("cancelled"):
-                        raise _Cancelled() from exc  # wait_async closed the subscription
-                    if isinstance(exc, _RedisError):
-                        self._fail(exc)
-                    raise
+                except _RedisError as exc:
+                    self._fail(exc)
                 if holder is not None and holder.get("cancelled"):
                     raise _Cancelled()
                 current = self.version(key)
