@@ -36,7 +36,7 @@ import time
 import uuid
 import zlib
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 from . import _values
@@ -276,12 +276,14 @@ def _attach(url: str, name: str, allow_pickle: bool, options: dict) -> "RedisDic
 
 
 class _Keys(KeysView):
+    _mapping: Any  # set by KeysView.__init__
     def __iter__(self) -> Iterator[str]:
         for key, _ in self._mapping._scan(False):
             yield key
 
 
 class _Items(ItemsView):
+    _mapping: Any
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         return self._mapping._scan(True)
 
@@ -292,6 +294,7 @@ class _Items(ItemsView):
 
 
 class _Values(ValuesView):
+    _mapping: Any
     def __iter__(self) -> Iterator[Any]:
         for _, value in self._mapping._scan(True):
             yield value
@@ -498,7 +501,7 @@ class RedisDict(MutableMapping):
                 f"{self._meta.decode()}); choose another name or delete that key"
             )
 
-    def _fail(self, exc: BaseException) -> Any:
+    def _fail(self, exc: BaseException) -> NoReturn:
         """Re-raise a redis-py error as the sharedbox error it stands for."""
         if isinstance(exc, (_RConnectionError, _RTimeoutError)) or type(exc).__name__.startswith(
             ("Cluster", "MaxConnections")
