@@ -106,6 +106,19 @@ def targets(data) -> list:
         add(f"NumPy {mib} MiB {op} ÷ `arr.copy()` bandwidth (same process)",
             r and f"{r * 100:.0f}% ({bw:.1f} vs {floor:.1f} GB/s)", "≥ 70%",
             r is not None and r >= 0.7)
+    for op, by_hand in (("get", "pickle.loads(r.hget(h, k))"),
+                        ("set", "r.hset(h, k, pickle.dumps(v))")):
+        for kind in ("str", "dict"):
+            r = ratio(data, "redisdict", f"{op}_{kind}", "redisdict", "redis-hash")
+            add(f"RedisDict {op} ({kind} value) ÷ `{by_hand}`, same server",
+                r and fmt_ratio(r), "≤ 1.2×", r is not None and r <= 1.2)
+    for fast, slow, what in (("update_bulk", "loop_set_bulk", "update()"),
+                             ("items_bulk", "loop_get_bulk", "items()")):
+        x, y = _get(data, "redisdict", "redisdict", slow), _get(data, "redisdict", "redisdict", fast)
+        r = x / y if x and y else None
+        n = data["config"].get("bulk_keys", 10_000)
+        add(f"RedisDict {what} of {n:,} keys: speed-up over a per-key loop",
+            r and fmt_ratio(r), "≥ 10×", r is not None and r >= 10)
     one = _get(data, "scale_read", "sharedbox", "readers_1")
     two = _get(data, "scale_read", "sharedbox", "readers_2")
     r = two / one if one and two else None
@@ -229,6 +242,37 @@ def markdown(data) -> str:
                 row.append(cell)
             rows.append(row)
         parts.append(_table(["system"] + [f"{c} {what}" for c in counts], rows))
+
+    rd = data["results"].get("redisdict", {})
+    if rd:
+        n = cfg.get("bulk_keys", 10_000)
+        parts.append(
+            "\n### RedisDict against hand-written redis-py (same server)\n\n"
+            "Time per operation. The hand-written client stores `pickle.dumps(v)` with "
+            "`HSET` and reads with `pickle.loads(r.hget(...))`; RedisDict runs a Lua script "
+            "per write (max_keys, versions, notification) and stores the engine's encoding. "
+            f"Bulk rows: {n:,} keys in a second dict, update()/items() against per-key loops "
+            "(whole operation ÷ keys).\n\n"
+        )
+        rows = []
+        titles = [("get_str", "get, str value"), ("get_int", "get, int value"),
+                  ("get_dict", "get, small dict value"), ("set_str", "set, str value"),
+                  ("set_int", "set, int value"), ("set_dict", "set, small dict value"),
+                  ("update_bulk", f"update() of {n:,} keys, per key"),
+                  ("loop_set_bulk", f"d[k] = v loop over {n:,} keys, per key"),
+                  ("items_bulk", f"list(items()) of {n:,} keys, per key"),
+                  ("loop_get_bulk", f"[(k, d[k]) ...] loop over {n:,} keys, per key")]
+        cols = list(rd)
+        for metric, title in titles:
+            row = [title]
+            for s in cols:
+                samples = rd[s].get(metric)
+                row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
+            r = ratio(data, "redisdict", metric, "redisdict", "redis-hash")
+            row.append(fmt_ratio(r) if r else "—")
+            rows.append(row)
+        parts.append(_table(["operation"] + [labels[s] for s in cols]
+                            + ["RedisDict ÷ by hand"], rows))
 
     parts.append("\n### Versions\n\n")
     parts.append("\n".join(f"- {labels[s]}: {v}" for s, v in data["versions"].items()) + "\n")

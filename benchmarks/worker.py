@@ -274,6 +274,59 @@ def scaler(system, job) -> None:
     system.close()
 
 
+# -- RedisDict against hand-written redis-py -------------------------------------
+def owner_redisdict(system, job) -> None:
+    """Sets (as in the small job), then, for RedisDict, update() of
+    bulk_keys keys against a loop of d[k] = v over the same keys."""
+    repeats = job["repeats"]
+    ops = ops_for(job, system)
+    load_small(system, job, final=False)
+    results = {}
+    for kind in KINDS:
+        keys = small_keys(kind, ops)
+        samples = []
+        for round_ in range(1, repeats + 1):
+            ns, _ = timed(system.set_loop, keys, small_values(kind, ops, round_))
+            samples.append(ns / ops)
+        results[f"set_{kind}"] = samples
+    if hasattr(system, "bulk_update"):
+        count = job["bulk_keys"]
+        keys = [f"bulk:{i:06d}" for i in range(count)]
+        for metric, fn in (("update_bulk", system.bulk_update),
+                           ("loop_set_bulk", system.bulk_set_loop)):
+            results[metric] = [
+                timed(fn, keys, small_values("str", count, r))[0] / count
+                for r in range(repeats)
+            ]
+    emit("ready", results=results, ops=ops)
+
+
+def reader_redisdict(system, job) -> None:
+    """Gets in random order (as in the small job), then, for RedisDict,
+    list(d.items()) of bulk_keys keys against [(k, d[k]) for k in keys]."""
+    repeats = job["repeats"]
+    ops = ops_for(job, system)
+    order = list(range(ops))
+    random.Random(7).shuffle(order)
+    results = {}
+    for kind in KINDS:
+        all_keys = small_keys(kind, job["n"])
+        keys = [all_keys[i] for i in order]
+        want = expected_value(kind, order[-1], ops, repeats)
+        results[f"get_{kind}"] = per_op(
+            system.get_loop, (keys,), ops, repeats,
+            check=lambda v, want=want, kind=kind: require(v == want, f"get_{kind}"),
+        )
+    if hasattr(system, "bulk_items"):
+        count = job["bulk_keys"]
+        keys = [f"bulk:{i:06d}" for i in range(count)]
+        ok = lambda n: require(n == count, f"bulk items: {n} of {count}")  # noqa: E731
+        results["items_bulk"] = per_op(system.bulk_items, (), count, repeats, check=ok)
+        results["loop_get_bulk"] = per_op(system.bulk_get_loop, (keys,), count, repeats,
+                                          check=ok)
+    emit("result", results=results)
+
+
 ROLES = {
     ("owner", "small"): owner_small,
     ("reader", "small"): reader_small,
@@ -285,6 +338,8 @@ ROLES = {
     ("owner", "scale_write"): owner_scale,
     ("scale_reader", "scale_read"): scaler,
     ("scale_writer", "scale_write"): scaler,
+    ("owner", "redisdict"): owner_redisdict,
+    ("reader", "redisdict"): reader_redisdict,
 }
 
 

@@ -31,6 +31,7 @@ guarantees as the shared-memory engine.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import uuid
@@ -74,10 +75,12 @@ _RedisError: Any = ()
 _RConnectionError: Any = ()
 _RTimeoutError: Any = ()
 _ResponseError: Any = ()
+_NoScriptError: Any = ()
 
 
 def _load_redis() -> None:
     global _redis_py, _RedisError, _RConnectionError, _RTimeoutError, _ResponseError
+    global _NoScriptError
     if _redis_py is not None:
         return
     try:
@@ -87,69 +90,79 @@ def _load_redis() -> None:
         raise ImportError("RedisDict needs redis-py: pip install 'sharedbox[redis]'") from exc
     _RedisError, _ResponseError = exceptions.RedisError, exceptions.ResponseError
     _RConnectionError, _RTimeoutError = exceptions.ConnectionError, exceptions.TimeoutError
+    _NoScriptError = exceptions.NoScriptError
     _redis_py = redis
 
 # -- Lua ----------------------------------------------------------------------
 # KEYS of the per-shard scripts: [1] data hash, [2] versions hash, [3] seq.
-# ARGV[1]: the publish command, ARGV[2]: the shard's channel prefix.
-# Return codes: -2 the dict is gone (seq missing), -1 too many keys.
+# A key's channel is KEYS[1] .. ':w:' .. key; PUBLISH stands for the publish
+# command (SPUBLISH or PUBLISH), put in when the script is registered, so
+# neither travels with every call.
+# Return codes: -2 the dict is gone, -1 too many keys.  seq starts at 1 when
+# the dict is made, so an INCR that returns 1 found no seq: the dict was
+# unlinked (or flushed), and the write must not recreate half of it.  A
+# version skipped by a write that then stores nothing is harmless: versions
+# only have to differ.
 
-# ARGV[3] key limit of the shard, [4] mode: 'a' always, 'n' only if absent,
-# 'c' only if the stored bytes equal ARGV[7]; [5] field, [6] value.
+# ARGV[1] key limit of the shard, [2] mode: 'a' always, 'n' only if absent,
+# 'c' only if the stored bytes equal ARGV[5]; [3] field, [4] value.
 # Returns 1 stored, 0 condition not met.
 _PUT = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
-local mode, field = ARGV[4], ARGV[5]
+local ver = redis.call('INCR', KEYS[3])
+if ver == 1 then redis.call('DEL', KEYS[3]) return -2 end
+local mode, field = ARGV[2], ARGV[3]
 if mode ~= 'a' then
   local cur = redis.call('HGET', KEYS[1], field)
   if mode == 'n' and cur then return 0 end
-  if mode == 'c' and cur ~= ARGV[7] then return 0 end
+  if mode == 'c' and cur ~= ARGV[5] then return 0 end
 end
-if redis.call('HSET', KEYS[1], field, ARGV[6]) == 1
-   and redis.call('HLEN', KEYS[1]) > tonumber(ARGV[3]) then
+if redis.call('HSET', KEYS[1], field, ARGV[4]) == 1
+   and redis.call('HLEN', KEYS[1]) > tonumber(ARGV[1]) then
   redis.call('HDEL', KEYS[1], field)
   return -1
 end
-local ver = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[2], field, ver)
-redis.call(ARGV[1], ARGV[2] .. field, ver)
+redis.call('PUBLISH', KEYS[1] .. ':w:' .. field, ver)
 return 1
 """
 
-# ARGV[3] key limit, then field, value, field, value...  All or nothing.
+# ARGV[1] key limit, then field, value, field, value...  All or nothing.
 _PUT_MANY = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
+local n = (#ARGV - 1) / 2
+local ver = redis.call('INCRBY', KEYS[3], n) - n
+if ver == 0 then redis.call('DEL', KEYS[3]) return -2 end
 local new = 0
-for i = 4, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then new = new + 1 end
 end
-if new > 0 and redis.call('HLEN', KEYS[1]) + new > tonumber(ARGV[3]) then return -1 end
-local n = (#ARGV - 3) / 2
-local ver = redis.call('INCRBY', KEYS[3], n) - n
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-for i = 4, #ARGV, 2 do
+if new > 0 and redis.call('HLEN', KEYS[1]) + new > tonumber(ARGV[1]) then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+local versions, chan = {}, KEYS[1] .. ':w:'
+for i = 2, #ARGV, 2 do
   ver = ver + 1
-  redis.call('HSET', KEYS[2], ARGV[i], ver)
-  redis.call(ARGV[1], ARGV[2] .. ARGV[i], ver)
+  versions[#versions + 1] = ARGV[i]
+  versions[#versions + 1] = ver
+  redis.call('PUBLISH', chan .. ARGV[i], ver)
 end
+redis.call('HSET', KEYS[2], unpack(versions))
 return 1
 """
 
-# ARGV[3] field, ARGV[4] '1' to return the removed value.
+# ARGV[1] field, ARGV[2] '1' to return the removed value.
 # Returns nil if absent, else 1 (or the removed value).
 _DELETE = """
 local old = 1
-if ARGV[4] == '1' then old = redis.call('HGET', KEYS[1], ARGV[3]) end
-if redis.call('HDEL', KEYS[1], ARGV[3]) == 0 then return false end
-redis.call('HDEL', KEYS[2], ARGV[3])
-redis.call(ARGV[1], ARGV[2] .. ARGV[3], '')
+if ARGV[2] == '1' then old = redis.call('HGET', KEYS[1], ARGV[1]) end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return false end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('PUBLISH', KEYS[1] .. ':w:' .. ARGV[1], '')
 return old
 """
 
 # Removes every key of the shard at one instant; returns how many.
 _CLEAR = """
-local fields = redis.call('HKEYS', KEYS[1])
-for i = 1, #fields do redis.call(ARGV[1], ARGV[2] .. fields[i], '') end
+local fields, chan = redis.call('HKEYS', KEYS[1]), KEYS[1] .. ':w:'
+for i = 1, #fields do redis.call('PUBLISH', chan .. fields[i], '') end
 redis.call('DEL', KEYS[1], KEYS[2])
 return #fields
 """
@@ -163,7 +176,7 @@ if t == 'none' then
   if ARGV[5] ~= '1' then return {-1} end
   redis.call('HSET', KEYS[1], 'format', ARGV[1], 'version', ARGV[2],
              'max_keys', ARGV[3], 'shards', ARGV[4])
-  if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], 0, 'NX') end
+  if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], 1, 'NX') end
   return {1, ARGV[3], ARGV[4], ARGV[2], ARGV[1]}
 end
 if t ~= 'hash' then return {-2, t} end
@@ -417,10 +430,15 @@ class RedisDict(MutableMapping):
         version = tuple(int(x) for x in str(info.get("redis_version", "0.0")).split(".")[:2])
         self._hscan_novalues = version >= (7, 4)  # HSCAN ... NOVALUES
         self._publish = b"SPUBLISH" if self._sharded_pubsub else b"PUBLISH"
-        self._put = client.register_script(_PUT)
-        self._put_many = client.register_script(_PUT_MANY)
-        self._delete = client.register_script(_DELETE)
-        self._clear = client.register_script(_CLEAR)
+        self._local = threading.local()
+        self._conns: list = []
+        self._conns_lock = threading.Lock()
+        self._call: Callable[..., Any] = client.execute_command if cluster else self._call_direct
+        publish = self._publish.decode()
+        self._put = client.register_script(_PUT.replace("'PUBLISH'", f"'{publish}'"))
+        self._put_many = client.register_script(_PUT_MANY.replace("'PUBLISH'", f"'{publish}'"))
+        self._delete = client.register_script(_DELETE.replace("'PUBLISH'", f"'{publish}'"))
+        self._clear = client.register_script(_CLEAR.replace("'PUBLISH'", f"'{publish}'"))
         self._open_script = client.register_script(_OPEN)
         self._lock_acquire = client.register_script(_LOCK_ACQUIRE)
         self._lock_release = client.register_script(_LOCK_RELEASE)
@@ -472,7 +490,7 @@ class RedisDict(MutableMapping):
             pipe = self._r.pipeline(transaction=False)
             for s in self._shards:
                 # Attaching repairs a shard whose seq a crashed creator never made.
-                pipe.set(s.seq, 0, nx=True)
+                pipe.set(s.seq, 1, nx=True)
                 pipe.type(s.hash)
                 pipe.type(s.ver)
                 pipe.type(s.seq)
@@ -522,6 +540,38 @@ class RedisDict(MutableMapping):
             ) from exc
         raise RuntimeError(f"Redis at {self._safe} refused a command: {text}") from exc
 
+    def _eval(self, script: Any, r: Any, nkeys: int, *keys_and_args: Any) -> Any:
+        """EVALSHA, loading the script if the server does not have it (yet, or
+        any more after a restart)."""
+        try:
+            return self._call("EVALSHA", script.sha, nkeys, *keys_and_args)
+        except _NoScriptError:
+            return script(keys=keys_and_args[:nkeys], args=keys_and_args[nkeys:], client=r)
+
+    def _call_direct(self, *args: Any) -> Any:
+        """One command on this thread's own connection (one server, not a
+        cluster).  The single-key operations go this way: redis-py's generic
+        path (pool lock, a readiness poll, retry wrapper, reply callbacks)
+        costs about as much client time as the round trip itself, and a
+        RedisDict operation should cost what a hand-written HGET costs."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():  # new thread, or a forked child
+            if self._r is None:
+                self._client()
+            conn = self._r.connection_pool.make_connection()
+            with self._conns_lock:
+                self._conns.append(conn)
+            local.conn, local.pid = conn, os.getpid()
+        try:
+            conn.send_command(*args)
+            return conn.read_response()
+        except _ResponseError:
+            raise  # the server answered: the connection is fine
+        except BaseException:
+            conn.disconnect()  # reconnects on its next command
+            raise
+
     def _client(self) -> Any:
         r = self._r
         if r is None:
@@ -547,10 +597,12 @@ class RedisDict(MutableMapping):
     # -- single-key operations ---------------------------------------------
     def __getitem__(self, key: str) -> Any:
         field = _values.key_bytes(key, "RedisDict")
-        r = self._client()
+        r = self._r
+        if r is None:
+            self._client()
         h = self._hash0 if self._nshards == 1 else self._shard(field).hash
         try:
-            data = r.execute_command("HGET", h, field)
+            data = self._call("HGET", h, field)
         except _RedisError as exc:
             self._fail(exc)
         if data is None:
@@ -564,34 +616,35 @@ class RedisDict(MutableMapping):
         except KeyError:
             return default
 
-    def _store(self, key: str, data: bytes, mode: bytes, expected: bytes = b"") -> int:
-        field = _values.key_bytes(key, "RedisDict")
-        r = self._client()
+    def _store(self, key: str, field: bytes, data: bytes, mode: bytes, expected: bytes = b"") -> int:
+        r = self._r
+        if r is None:
+            self._client()
         s = self._shards[0] if self._nshards == 1 else self._shard(field)
-        args = [self._publish, s.chan, self._limit, mode, field, data]
-        if mode == b"c":
-            args.append(expected)
         try:
-            code = self._put(keys=[s.hash, s.ver, s.seq], args=args, client=r)
+            if mode == b"c":
+                code = self._eval(self._put, r, 3, s.hash, s.ver, s.seq, self._limit, mode,
+                                  field, data, expected)
+            else:
+                code = self._eval(self._put, r, 3, s.hash, s.ver, s.seq, self._limit, mode,
+                                  field, data)
         except _RedisError as exc:
             self._fail(exc)
-        self._check_put(code, key)
+        if code < 0:
+            self._check_put(code, key)
         return code
 
     def __setitem__(self, key: str, value: Any) -> None:
-        _values.key_bytes(key, "RedisDict")  # a bad key is reported before a bad value
-        self._store(key, _values.encode(value, self._allow_pickle), b"a")
+        field = _values.key_bytes(key, "RedisDict")  # a bad key is reported before a bad value
+        self._store(key, field, _values.encode(value, self._allow_pickle), b"a")
 
     def _remove(self, key: str, want_value: bool) -> Any:
         field = _values.key_bytes(key, "RedisDict")
         r = self._client()
         s = self._shards[0] if self._nshards == 1 else self._shard(field)
         try:
-            return self._delete(
-                keys=[s.hash, s.ver, s.seq],
-                args=[self._publish, s.chan, field, b"1" if want_value else b"0"],
-                client=r,
-            )
+            return self._eval(self._delete, r, 3, s.hash, s.ver, s.seq, field,
+                              b"1" if want_value else b"0")
         except _RedisError as exc:
             self._fail(exc)
 
@@ -604,7 +657,7 @@ class RedisDict(MutableMapping):
         r = self._client()
         h = self._hash0 if self._nshards == 1 else self._shard(field).hash
         try:
-            return bool(r.execute_command("HEXISTS", h, field))
+            return bool(self._call("HEXISTS", h, field))
         except _RedisError as exc:
             self._fail(exc)
 
@@ -694,9 +747,10 @@ class RedisDict(MutableMapping):
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """Return d[key], first storing default if key is absent (atomically)."""
+        field = _values.key_bytes(key, "RedisDict")
         data = _values.encode(default, self._allow_pickle)
         while True:
-            if self._store(key, data, b"n") == 1:
+            if self._store(key, field, data, b"n") == 1:
                 return default
             value = self.get(key, MISSING)
             if value is not MISSING:
@@ -738,11 +792,8 @@ class RedisDict(MutableMapping):
             for start in range(0, len(flat), 2 * BATCH):
                 chunk = flat[start:start + 2 * BATCH]
                 try:
-                    code = self._put_many(
-                        keys=[s.hash, s.ver, s.seq],
-                        args=[self._publish, s.chan, self._limit, *chunk],
-                        client=r,
-                    )
+                    code = self._eval(self._put_many, r, 3, s.hash, s.ver, s.seq, self._limit,
+                                      *chunk)
                 except _RedisError as exc:
                     self._fail(exc)
                 self._check_put(code, pending[chunk[0]][0])
@@ -752,7 +803,7 @@ class RedisDict(MutableMapping):
         r = self._client()
         for s in self._shards:
             try:
-                self._clear(keys=[s.hash, s.ver], args=[self._publish, s.chan], client=r)
+                self._clear(keys=[s.hash, s.ver], client=r)
             except _RedisError as exc:
                 self._fail(exc)
 
@@ -788,7 +839,7 @@ class RedisDict(MutableMapping):
         # only doubles), then store only if the bytes are still the ones read.
         while True:
             try:
-                old = r.execute_command("HGET", h, field)
+                old = self._call("HGET", h, field)
             except _RedisError as exc:
                 self._fail(exc)
             if old is None:
@@ -804,9 +855,9 @@ class RedisDict(MutableMapping):
                 )
             data = _values.encode(result, False)
             if old is None:
-                stored = self._store(key, data, b"n")
+                stored = self._store(key, field, data, b"n")
             else:
-                stored = self._store(key, data, b"c", old)
+                stored = self._store(key, field, data, b"c", old)
             if stored == 1:
                 return result
 
@@ -815,11 +866,12 @@ class RedisDict(MutableMapping):
         content: 1, 1.0 and True differ; arrays by dtype, shape and bytes;
         pickled values by their pickle bytes); expected=MISSING means only if
         key is absent.  Returns whether new was stored, atomically."""
+        field = _values.key_bytes(key, "RedisDict")
         data = _values.encode(new, self._allow_pickle)
         if expected is MISSING:
-            return self._store(key, data, b"n") == 1
+            return self._store(key, field, data, b"n") == 1
         want = _values.encode(expected, self._allow_pickle)
-        return self._store(key, data, b"c", want) == 1
+        return self._store(key, field, data, b"c", want) == 1
 
     def version(self, key: str) -> Optional[int]:
         """An int that changes on every write or delete of key; None when absent."""
@@ -827,7 +879,7 @@ class RedisDict(MutableMapping):
         r = self._client()
         v = self._ver0 if self._nshards == 1 else self._shard(field).ver
         try:
-            got = r.execute_command("HGET", v, field)
+            got = self._call("HGET", v, field)
         except _RedisError as exc:
             self._fail(exc)
         return None if got is None else int(got)
@@ -939,9 +991,9 @@ class RedisDict(MutableMapping):
         return None if data is None else bytes(data)
 
     def _put_raw(self, key: str, data: bytes) -> None:
-        _values.key_bytes(key, "RedisDict")
+        field = _values.key_bytes(key, "RedisDict")
         _values.validate(bytes(data), self._allow_pickle)
-        self._store(key, bytes(data), b"a")
+        self._store(key, field, bytes(data), b"a")
 
     def _raw_items(self) -> Iterator[tuple[str, bytes]]:
         """(key, encoded bytes) of every key, BATCH per round trip (HSCAN)."""
@@ -1004,6 +1056,13 @@ class RedisDict(MutableMapping):
     def _disconnect(self) -> None:
         r, self._r = self._r, None
         if r is not None:
+            with self._conns_lock:
+                conns, self._conns = self._conns, []
+            for conn in conns:
+                try:
+                    conn.disconnect()
+                except Exception:
+                    pass
             try:
                 r.close()
             except Exception:  # closing a dead connection must not fail close()
