@@ -94,10 +94,14 @@ def _load_redis() -> None:
     _redis_py = redis
 
 # -- Lua ----------------------------------------------------------------------
-# KEYS of the per-shard scripts: [1] data hash, [2] versions hash, [3] seq.
-# A key's channel is KEYS[1] .. ':w:' .. key; PUBLISH stands for the publish
-# command (SPUBLISH or PUBLISH), put in when the script is registered, so
-# neither travels with every call.
+# KEYS of the per-shard scripts: [1] data hash, [2] versions hash, [3] seq,
+# [4] waiters.  A key's channel is KEYS[1] .. ':w:' .. key; PUBLISH stands
+# for the publish command (SPUBLISH or PUBLISH), put in when the script is
+# registered, so that it does not travel with every call.  Writers publish
+# only while the shard has waiters (KEYS[4] exists): most writes then cost no
+# notification at all.  A waiter counts itself in before it subscribes and
+# reads the version, so a write it could miss was either seen by that read
+# or published.
 # Return codes: -2 the dict is gone, -1 too many keys.  seq starts at 1 when
 # the dict is made, so an INCR that returns 1 found no seq: the dict was
 # unlinked (or flushed), and the write must not recreate half of it.  A
@@ -122,29 +126,39 @@ if redis.call('HSET', KEYS[1], field, ARGV[4]) == 1
   return -1
 end
 redis.call('HSET', KEYS[2], field, ver)
-redis.call('PUBLISH', KEYS[1] .. ':w:' .. field, ver)
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('PUBLISH', KEYS[1] .. ':w:' .. field, ver)
+end
 return 1
 """
 
 # ARGV[1] key limit, then field, value, field, value...  All or nothing.
+# Every key of the batch gets the same new version (a version only has to
+# change when its key is written).  New keys are counted only when the batch
+# could overflow the limit, which spares a lookup per key otherwise.
 _PUT_MANY = """
-local n = (#ARGV - 1) / 2
-local ver = redis.call('INCRBY', KEYS[3], n) - n
-if ver == 0 then redis.call('DEL', KEYS[3]) return -2 end
-local new = 0
-for i = 2, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then new = new + 1 end
+local ver = redis.call('INCR', KEYS[3])
+if ver == 1 then redis.call('DEL', KEYS[3]) return -2 end
+local n, limit = (#ARGV - 1) / 2, tonumber(ARGV[1])
+local fields = {}
+for i = 2, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
+local len = redis.call('HLEN', KEYS[1])
+if len + n > limit then
+  local new, cur = 0, redis.call('HMGET', KEYS[1], unpack(fields))
+  for i = 1, #cur do if not cur[i] then new = new + 1 end end
+  if len + new > limit then return -1 end
 end
-if new > 0 and redis.call('HLEN', KEYS[1]) + new > tonumber(ARGV[1]) then return -1 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-local versions, chan = {}, KEYS[1] .. ':w:'
-for i = 2, #ARGV, 2 do
-  ver = ver + 1
-  versions[#versions + 1] = ARGV[i]
-  versions[#versions + 1] = ver
-  redis.call('PUBLISH', chan .. ARGV[i], ver)
+local versions = {}
+for i = 1, n do
+  versions[2 * i - 1] = fields[i]
+  versions[2 * i] = ver
 end
 redis.call('HSET', KEYS[2], unpack(versions))
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local chan = KEYS[1] .. ':w:'
+  for i = 1, n do redis.call('PUBLISH', chan .. fields[i], ver) end
+end
 return 1
 """
 
@@ -155,16 +169,27 @@ local old = 1
 if ARGV[2] == '1' then old = redis.call('HGET', KEYS[1], ARGV[1]) end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return false end
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('PUBLISH', KEYS[1] .. ':w:' .. ARGV[1], '')
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('PUBLISH', KEYS[1] .. ':w:' .. ARGV[1], '')
+end
 return old
 """
 
 # Removes every key of the shard at one instant; returns how many.
 _CLEAR = """
 local fields, chan = redis.call('HKEYS', KEYS[1]), KEYS[1] .. ':w:'
-for i = 1, #fields do redis.call('PUBLISH', chan .. fields[i], '') end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  for i = 1, #fields do redis.call('PUBLISH', chan .. fields[i], '') end
+end
 redis.call('DEL', KEYS[1], KEYS[2])
 return #fields
+"""
+
+# A waiter leaves (KEYS[1]: waiters).  The last one deletes the count, so
+# that writers stop publishing; atomic, so a waiter arriving meanwhile counts.
+_WAITER_LEAVE = """
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 # KEYS: meta, seq of shard 0 when it shares meta's slot (else meta again).
@@ -276,11 +301,12 @@ class _Cancelled(Exception):
 class _Shard:
     """The keys and channel prefix of one of a dict's hashes."""
 
-    __slots__ = ("hash", "ver", "seq", "chan")
+    __slots__ = ("hash", "ver", "seq", "waiters", "chan")
 
     def __init__(self, tag: str):
         base = f"{KEY_PREFIX}{{{tag}}}".encode()
         self.hash, self.ver, self.seq = base, base + b":ver", base + b":seq"
+        self.waiters = base + b":waiters"
         self.chan = base + b":w:"
 
 
@@ -439,6 +465,7 @@ class RedisDict(MutableMapping):
         self._put_many = client.register_script(_PUT_MANY.replace("'PUBLISH'", f"'{publish}'"))
         self._delete = client.register_script(_DELETE.replace("'PUBLISH'", f"'{publish}'"))
         self._clear = client.register_script(_CLEAR.replace("'PUBLISH'", f"'{publish}'"))
+        self._waiter_leave = client.register_script(_WAITER_LEAVE)
         self._open_script = client.register_script(_OPEN)
         self._lock_acquire = client.register_script(_LOCK_ACQUIRE)
         self._lock_release = client.register_script(_LOCK_RELEASE)
@@ -623,11 +650,11 @@ class RedisDict(MutableMapping):
         s = self._shards[0] if self._nshards == 1 else self._shard(field)
         try:
             if mode == b"c":
-                code = self._eval(self._put, r, 3, s.hash, s.ver, s.seq, self._limit, mode,
-                                  field, data, expected)
+                code = self._eval(self._put, r, 4, s.hash, s.ver, s.seq, s.waiters,
+                                  self._limit, mode, field, data, expected)
             else:
-                code = self._eval(self._put, r, 3, s.hash, s.ver, s.seq, self._limit, mode,
-                                  field, data)
+                code = self._eval(self._put, r, 4, s.hash, s.ver, s.seq, s.waiters,
+                                  self._limit, mode, field, data)
         except _RedisError as exc:
             self._fail(exc)
         if code < 0:
@@ -643,7 +670,7 @@ class RedisDict(MutableMapping):
         r = self._client()
         s = self._shards[0] if self._nshards == 1 else self._shard(field)
         try:
-            return self._eval(self._delete, r, 3, s.hash, s.ver, s.seq, field,
+            return self._eval(self._delete, r, 4, s.hash, s.ver, s.seq, s.waiters, field,
                               b"1" if want_value else b"0")
         except _RedisError as exc:
             self._fail(exc)
@@ -792,8 +819,8 @@ class RedisDict(MutableMapping):
             for start in range(0, len(flat), 2 * BATCH):
                 chunk = flat[start:start + 2 * BATCH]
                 try:
-                    code = self._eval(self._put_many, r, 3, s.hash, s.ver, s.seq, self._limit,
-                                      *chunk)
+                    code = self._eval(self._put_many, r, 4, s.hash, s.ver, s.seq, s.waiters,
+                                      self._limit, *chunk)
                 except _RedisError as exc:
                     self._fail(exc)
                 self._check_put(code, pending[chunk[0]][0])
@@ -803,7 +830,7 @@ class RedisDict(MutableMapping):
         r = self._client()
         for s in self._shards:
             try:
-                self._clear(keys=[s.hash, s.ver], client=r)
+                self._clear(keys=[s.hash, s.ver, s.seq, s.waiters], client=r)
             except _RedisError as exc:
                 self._fail(exc)
 
@@ -946,12 +973,21 @@ class RedisDict(MutableMapping):
         timeout = _check_timeout("timeout", timeout)
         s = self._shards[0] if self._nshards == 1 else self._shard(field)
         deadline = None if timeout is None else time.monotonic() + timeout
+        r = self._client()
         try:
-            # Subscribe before reading the version: a write in between is
-            # then either seen by the read or delivered as a message.
-            pubsub, receive = self._subscribe(s.chan + field)
+            # Count in (writers publish only while a shard has waiters), then
+            # subscribe, then read the version: a write after that read is
+            # both published and heard.
+            r.incr(s.waiters)
         except _RedisError as exc:
             self._fail(exc)
+        try:
+            pubsub, receive = self._subscribe(s.chan + field)
+        except BaseException as exc:
+            self._leave(r, s)
+            if isinstance(exc, _RedisError):
+                self._fail(exc)
+            raise
         if holder is not None:
             holder["channel"] = s.chan + field
         try:
@@ -974,6 +1010,15 @@ class RedisDict(MutableMapping):
             return current
         finally:
             pubsub.close()
+            self._leave(r, s)
+
+    def _leave(self, r: Any, s: _Shard) -> None:
+        """Count a waiter out.  If the server is gone, the count stays: it
+        only makes writers publish notices nobody hears."""
+        try:
+            self._waiter_leave(keys=[s.waiters], client=r)
+        except _RedisError:
+            pass
 
     def lock(self, name: str = "default", *, lease: float = 10.0) -> "RedisLock":
         """A cross-process lock named ``name`` in this dict (see RedisLock)."""
