@@ -35,6 +35,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Callable, Iterable, Iterator, NoReturn, Optional
@@ -284,6 +285,16 @@ def _check_name(name: Any) -> str:
     return name
 
 
+def _field(key: Any) -> bytes:
+    """A key's UTF-8 bytes (the hash field); the checks of _values.key_bytes."""
+    if type(key) is str:
+        try:
+            return key.encode()
+        except UnicodeEncodeError:
+            pass  # key_bytes raises the ValueError that SharedDict raises
+    return _values.key_bytes(key, "RedisDict")
+
+
 def _check_timeout(what: str, value: Any, allow_none: bool = True) -> Optional[float]:
     if value is None and allow_none:
         return None
@@ -457,7 +468,8 @@ class RedisDict(MutableMapping):
         self._hscan_novalues = version >= (7, 4)  # HSCAN ... NOVALUES
         self._publish = b"SPUBLISH" if self._sharded_pubsub else b"PUBLISH"
         self._local = threading.local()
-        self._conns: list = []
+        # Weak: a thread that ends drops its connection (closed when collected).
+        self._conns: weakref.WeakSet = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._call: Callable[..., Any] = client.execute_command if cluster else self._call_direct
         publish = self._publish.decode()
@@ -588,7 +600,7 @@ class RedisDict(MutableMapping):
                 self._client()
             conn = self._r.connection_pool.make_connection()
             with self._conns_lock:
-                self._conns.append(conn)
+                self._conns.add(conn)
             local.conn, local.pid = conn, os.getpid()
         try:
             conn.send_command(*args)
@@ -623,7 +635,7 @@ class RedisDict(MutableMapping):
 
     # -- single-key operations ---------------------------------------------
     def __getitem__(self, key: str) -> Any:
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         r = self._r
         if r is None:
             self._client()
@@ -662,11 +674,11 @@ class RedisDict(MutableMapping):
         return code
 
     def __setitem__(self, key: str, value: Any) -> None:
-        field = _values.key_bytes(key, "RedisDict")  # a bad key is reported before a bad value
+        field = _field(key)  # a bad key is reported before a bad value
         self._store(key, field, _values.encode(value, self._allow_pickle), b"a")
 
     def _remove(self, key: str, want_value: bool) -> Any:
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         r = self._client()
         s = self._shards[0] if self._nshards == 1 else self._shard(field)
         try:
@@ -680,7 +692,7 @@ class RedisDict(MutableMapping):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         r = self._client()
         h = self._hash0 if self._nshards == 1 else self._shard(field).hash
         try:
@@ -774,7 +786,7 @@ class RedisDict(MutableMapping):
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """Return d[key], first storing default if key is absent (atomically)."""
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         data = _values.encode(default, self._allow_pickle)
         while True:
             if self._store(key, field, data, b"n") == 1:
@@ -786,24 +798,18 @@ class RedisDict(MutableMapping):
     def update(self, other: Any = (), /, **kwds: Any) -> None:  # type: ignore[override]
         """Store many keys: encoded first (a bad value stores nothing), then
         sent BATCH keys per script call, each call all-or-nothing."""
-        pending: dict[bytes, tuple[str, bytes]] = {}
-        allow = self._allow_pickle
-
-        def add(key: Any, value: Any) -> None:
-            field = _values.key_bytes(key, "RedisDict")
-            pending[field] = (key, _values.encode(value, allow))
-
+        allow, encode = self._allow_pickle, _values.encode
         if isinstance(other, Mapping):
-            for key in other:
-                add(key, other[key])
+            pairs: Iterable = other.items()
         elif hasattr(other, "keys"):
-            for key in other.keys():
-                add(key, other[key])
+            pairs = ((key, other[key]) for key in other.keys())
         else:
-            for key, value in other:
-                add(key, value)
-        for key, value in kwds.items():
-            add(key, value)
+            pairs = other
+        # Later duplicates win, as in dict.update; each key is sent once.
+        pending: dict[bytes, tuple[str, bytes]] = {}
+        for source in (pairs, kwds.items()):
+            for key, value in source:
+                pending[_field(key)] = (key, encode(value, allow))
         self._put_fields(pending)
 
     def _put_fields(self, pending: dict[bytes, tuple[str, bytes]]) -> None:
@@ -811,9 +817,11 @@ class RedisDict(MutableMapping):
             return
         r = self._client()
         groups: dict[int, list] = {}
-        for field, (_, data) in pending.items():
-            index = 0 if self._nshards == 1 else zlib.crc32(field) % self._nshards
-            groups.setdefault(index, []).extend((field, data))
+        if self._nshards == 1:
+            groups[0] = [x for field, (_, data) in pending.items() for x in (field, data)]
+        else:
+            for field, (_, data) in pending.items():
+                groups.setdefault(zlib.crc32(field) % self._nshards, []).extend((field, data))
         for index, flat in groups.items():
             s = self._shards[index]
             for start in range(0, len(flat), 2 * BATCH):
@@ -859,7 +867,7 @@ class RedisDict(MutableMapping):
         delta = int(delta) if isinstance(delta, int) else float(delta)
         if isinstance(delta, int) and not -(2**63) <= delta < 2**63:
             raise OverflowError("incr() delta does not fit in a 64-bit int")
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         r = self._client()
         h = self._hash0 if self._nshards == 1 else self._shard(field).hash
         # Optimistic: read, compute here (exact 64-bit arithmetic; Lua has
@@ -893,7 +901,7 @@ class RedisDict(MutableMapping):
         content: 1, 1.0 and True differ; arrays by dtype, shape and bytes;
         pickled values by their pickle bytes); expected=MISSING means only if
         key is absent.  Returns whether new was stored, atomically."""
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         data = _values.encode(new, self._allow_pickle)
         if expected is MISSING:
             return self._store(key, field, data, b"n") == 1
@@ -902,7 +910,7 @@ class RedisDict(MutableMapping):
 
     def version(self, key: str) -> Optional[int]:
         """An int that changes on every write or delete of key; None when absent."""
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         r = self._client()
         v = self._ver0 if self._nshards == 1 else self._shard(field).ver
         try:
@@ -969,7 +977,7 @@ class RedisDict(MutableMapping):
     def _wait(
         self, key: str, version: Any, timeout: Optional[float], holder: Optional[dict]
     ) -> Optional[int]:
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         timeout = _check_timeout("timeout", timeout)
         s = self._shards[0] if self._nshards == 1 else self._shard(field)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -1026,7 +1034,7 @@ class RedisDict(MutableMapping):
 
     # -- raw encoded values (sharedbox copy) ----------------------------------------
     def _get_raw(self, key: str) -> Optional[bytes]:
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         r = self._client()
         h = self._hash0 if self._nshards == 1 else self._shard(field).hash
         try:
@@ -1036,7 +1044,7 @@ class RedisDict(MutableMapping):
         return None if data is None else bytes(data)
 
     def _put_raw(self, key: str, data: bytes) -> None:
-        field = _values.key_bytes(key, "RedisDict")
+        field = _field(key)
         _values.validate(bytes(data), self._allow_pickle)
         self._store(key, field, bytes(data), b"a")
 
@@ -1102,7 +1110,7 @@ class RedisDict(MutableMapping):
         r, self._r = self._r, None
         if r is not None:
             with self._conns_lock:
-                conns, self._conns = self._conns, []
+                conns, self._conns = list(self._conns), weakref.WeakSet()
             for conn in conns:
                 try:
                     conn.disconnect()
