@@ -37,8 +37,9 @@ JOBS = {
     "numpy": ["sharedbox", "sharedbox-0.2.4", "shm", "lmdb", "redis", "manager"],
     "scale_read": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "redis"],
     "scale_write": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb-op", "redis"],
-    # RedisDict against hand-written redis-py on the same server (worker.py: *_redisdict)
-    "redisdict": ["redis-hash", "redisdict"],
+    # RedisDict against hand-written redis-py on the same server, both timed in
+    # the same processes (worker.py: *_redisdict)
+    "redisdict": ["redisdict"],
 }
 
 FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
@@ -339,7 +340,7 @@ def main(argv=None) -> int:
     pythons = {}
     redis = None
     needed = {s for job in jobs for s in JOBS[job] if s in wanted}
-    if needed & {"redis", "redis-hash", "redisdict"}:
+    if needed & {"redis", "redisdict"}:
         try:
             redis = RedisServer()
             env["SBX_BENCH_REDIS_PORT"] = str(redis.port)
