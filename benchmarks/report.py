@@ -106,6 +106,21 @@ def targets(data) -> list:
         add(f"NumPy {mib} MiB {op} ÷ `arr.copy()` bandwidth (same process)",
             r and f"{r * 100:.0f}% ({bw:.1f} vs {floor:.1f} GB/s)", "≥ 70%",
             r is not None and r >= 0.7)
+    for op, by_hand in (("get", "pickle.loads(r.hget(h, k))"),
+                        ("set", "r.hset(h, k, pickle.dumps(v))")):
+        for kind in ("str", "dict"):
+            x = _get(data, "redisdict", "redisdict", f"{op}_{kind}")
+            y = _get(data, "redisdict", "redisdict", f"hand_{op}_{kind}")
+            r = x / y if x and y else None
+            add(f"RedisDict {op} ({kind} value) ÷ `{by_hand}`, same server",
+                r and fmt_ratio(r), "≤ 1.2×", r is not None and r <= 1.2)
+    for fast, slow, what in (("update_bulk", "loop_set_bulk", "update()"),
+                             ("items_bulk", "loop_get_bulk", "items()")):
+        x, y = _get(data, "redisdict", "redisdict", slow), _get(data, "redisdict", "redisdict", fast)
+        r = x / y if x and y else None
+        n = data["config"].get("bulk_keys", 10_000)
+        add(f"RedisDict {what} of {n:,} keys: speed-up over a per-key loop",
+            r and fmt_ratio(r), "≥ 10×", r is not None and r >= 10)
     one = _get(data, "scale_read", "sharedbox", "readers_1")
     two = _get(data, "scale_read", "sharedbox", "readers_2")
     r = two / one if one and two else None
@@ -229,6 +244,38 @@ def markdown(data) -> str:
                 row.append(cell)
             rows.append(row)
         parts.append(_table(["system"] + [f"{c} {what}" for c in counts], rows))
+
+    rd = data["results"].get("redisdict", {}).get("redisdict")
+    if rd:
+        n = cfg.get("bulk_keys", 10_000)
+        parts.append(
+            "\n### RedisDict against hand-written redis-py (same server)\n\n"
+            "Time per operation, both measured in the same processes, alternated round by "
+            "round. By hand: `r.hset(h, k, pickle.dumps(v))` and `pickle.loads(r.hget(h, k))`; "
+            "RedisDict runs a Lua script per write (max_keys, versions, notification) and "
+            "stores the engine's encoding. "
+            f"Bulk rows: {n:,} keys in a second dict, update()/items() against per-key loops "
+            "of RedisDict (whole operation ÷ keys).\n\n"
+        )
+        rows = []
+        for op in ("get", "set"):
+            for kind, what in (("str", "str value"), ("int", "int value"),
+                               ("dict", "small dict value")):
+                by_hand, ours = rd.get(f"hand_{op}_{kind}"), rd.get(f"{op}_{kind}")
+                if not by_hand or not ours:
+                    continue
+                rows.append([f"{op}, {what}", fmt_ns(median(by_hand)) + spread(by_hand),
+                             fmt_ns(median(ours)) + spread(ours),
+                             fmt_ratio(median(ours) / median(by_hand))])
+        for fast, slow, what in (("update_bulk", "loop_set_bulk", "update()"),
+                                 ("items_bulk", "loop_get_bulk", "list(items())")):
+            loop, bulk = rd.get(slow), rd.get(fast)
+            if loop and bulk:
+                rows.append([f"{what} of {n:,} keys (per key) vs a per-key loop",
+                             fmt_ns(median(loop)) + spread(loop) + " (loop)",
+                             fmt_ns(median(bulk)) + spread(bulk),
+                             fmt_ratio(median(bulk) / median(loop))])
+        parts.append(_table(["operation", "by hand / loop", "RedisDict", "ratio"], rows))
 
     parts.append("\n### Versions\n\n")
     parts.append("\n".join(f"- {labels[s]}: {v}" for s, v in data["versions"].items()) + "\n")

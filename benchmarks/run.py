@@ -37,12 +37,17 @@ JOBS = {
     "numpy": ["sharedbox", "sharedbox-0.2.4", "shm", "lmdb", "redis", "manager"],
     "scale_read": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "redis"],
     "scale_write": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb-op", "redis"],
+    # RedisDict against hand-written redis-py on the same server, both timed in
+    # the same processes (worker.py: *_redisdict)
+    "redisdict": ["redisdict"],
 }
 
 FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
-            burst_seconds=1.0, scale_keys=5_000, readers=[1, 2, 4], writers=[1, 2])
+            burst_seconds=1.0, scale_keys=5_000, readers=[1, 2, 4], writers=[1, 2],
+            bulk_keys=10_000)
 QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
-             burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2])
+             burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2],
+             bulk_keys=1_000)
 
 
 class WorkerFailed(Exception):
@@ -222,7 +227,7 @@ class Runner:
                 return {"skip": first["reason"]}
             out = {"version": first["version"], "results": {}}
             out["results"].update(owner.expect("ready", timeout)["results"])
-            if job in ("small", "iterate", "numpy"):
+            if job in ("small", "iterate", "numpy", "redisdict"):
                 reader = self.start(self.spec(job, system, "reader"))
                 workers.append(reader)
                 reader.expect("version", timeout)
@@ -294,6 +299,7 @@ def parse_args(argv):
                    help="write the tables into docs/benchmarks.md and the plot into docs/img/")
     p.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     p.add_argument("--burst", type=float, help="seconds per timed burst in the scaling jobs")
+    p.add_argument("--bulk-keys", type=int, help="keys of the redisdict job's update/items")
     p.add_argument("--old-sharedbox-path", metavar="DIR",
                    help=f"a folder holding {OLD_SHAREDBOX} (pip install --target DIR), used "
                         "instead of creating .bench-venvs/ (e.g. on a machine without PyPI)")
@@ -307,6 +313,8 @@ def main(argv=None) -> int:
         cfg["repeats"] = args.repeats
     if args.burst:
         cfg["burst_seconds"] = args.burst
+    if args.bulk_keys:
+        cfg["bulk_keys"] = args.bulk_keys
     for name in ("readers", "writers"):
         if getattr(args, name):
             cfg[name] = [int(x) for x in getattr(args, name).split(",")]
@@ -332,7 +340,7 @@ def main(argv=None) -> int:
     pythons = {}
     redis = None
     needed = {s for job in jobs for s in JOBS[job] if s in wanted}
-    if "redis" in needed:
+    if needed & {"redis", "redisdict"}:
         try:
             redis = RedisServer()
             env["SBX_BENCH_REDIS_PORT"] = str(redis.port)

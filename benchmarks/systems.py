@@ -460,6 +460,95 @@ class Redis(System):
         return pickle.loads(self.r.get(key))
 
 
+class RedisDictSystem(System):
+    """sharedbox.RedisDict, and beside it on the same server the hand-written
+    redis-py code it replaces: ``r.hset(h, k, pickle.dumps(v))`` and
+    ``pickle.loads(r.hget(h, k))`` on a plain hash.  The worker alternates the
+    two in one process, so that both see the same load of the machine.  A
+    second dict of bulk_keys keys times update()/items() against per-key loops."""
+
+    key, label, slow_factor = "redisdict", "sharedbox RedisDict", 4
+
+    def version(self):
+        import importlib.metadata as md
+
+        import redis
+
+        return f"sharedbox {md.version('sharedbox')}, redis-py {redis.__version__}"
+
+    def _open(self, name, spec, create):
+        from sharedbox import RedisDict
+
+        port = os.environ.get("SBX_BENCH_REDIS_PORT")
+        if not port:
+            raise Unavailable("no redis-server running")
+        url = f"redis://127.0.0.1:{port}/0"
+        self.d = RedisDict(name, url=url, create=create, max_keys=spec["max_keys"])
+        self.bulk = RedisDict(name + "_bulk", url=url, create=create,
+                              max_keys=2 * spec["bulk_keys"])
+
+        import redis
+
+        self.r = redis.Redis(host="127.0.0.1", port=int(port))
+        self.h = f"{name}:by-hand"
+
+    def create(self, name, spec):
+        self._open(name, spec, True)
+
+    def attach(self, name, spec):
+        self._open(name, spec, False)
+
+    def close(self):
+        self.d.close()
+        self.bulk.close()
+
+    def destroy(self):
+        for d in (self.d, self.bulk):
+            d.close()
+            d.unlink()
+        self.r.delete(self.h)
+        self.r.close()
+
+    # the hand-written redis-py baseline
+    def hand_fill(self, keys, values):
+        pipe = self.r.pipeline(transaction=False)
+        for i in range(0, len(keys), 1000):
+            pipe.hset(self.h, mapping={k: pickle.dumps(v) for k, v in
+                                       zip(keys[i:i + 1000], values[i:i + 1000])})
+        pipe.execute()
+
+    def hand_set_loop(self, keys, values):
+        r, h, dumps = self.r, self.h, pickle.dumps
+        for k, v in zip(keys, values):
+            r.hset(h, k, dumps(v))
+
+    def hand_get_loop(self, keys):
+        r, h, loads = self.r, self.h, pickle.loads
+        v = None
+        for k in keys:
+            v = loads(r.hget(h, k))
+        return v
+
+    def fill(self, keys, values):
+        self.d.update(dict(zip(keys, values)))
+
+    # bulk operations on the second dict
+    def bulk_update(self, keys, values):
+        self.bulk.update(dict(zip(keys, values)))
+
+    def bulk_set_loop(self, keys, values):
+        b = self.bulk
+        for k, v in zip(keys, values):
+            b[k] = v
+
+    def bulk_items(self):
+        return len(list(self.bulk.items()))
+
+    def bulk_get_loop(self, keys):
+        b = self.bulk
+        return len([(k, b[k]) for k in keys])
+
+
 class ShmArrays(System):
     """Hand-made multiprocessing.shared_memory: one block per array."""
 
@@ -530,6 +619,7 @@ SYSTEMS = {
         Lmdb,
         LmdbPerOp,
         Redis,
+        RedisDictSystem,
         Manager,
         UltraDictSystem,
         SharedMemoryDictSystem,

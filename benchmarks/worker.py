@@ -274,6 +274,65 @@ def scaler(system, job) -> None:
     system.close()
 
 
+# -- RedisDict against hand-written redis-py -------------------------------------
+def owner_redisdict(system, job) -> None:
+    """Sets through RedisDict and through hand-written redis-py, alternated
+    round by round; then update() of bulk_keys keys against a loop of
+    d[k] = v over the same keys, also alternated."""
+    repeats = job["repeats"]
+    ops = ops_for(job, system)
+    for kind in KINDS:
+        keys = small_keys(kind, job["n"])
+        values = small_values(kind, job["n"], 0)
+        system.fill(keys, values)
+        system.hand_fill(keys, values)
+    results: dict = {}
+    for kind in KINDS:
+        keys = small_keys(kind, ops)
+        for round_ in range(1, repeats + 1):
+            values = small_values(kind, ops, round_)
+            for metric, fn in ((f"set_{kind}", system.set_loop),
+                               (f"hand_set_{kind}", system.hand_set_loop)):
+                results.setdefault(metric, []).append(timed(fn, keys, values)[0] / ops)
+    count = job["bulk_keys"]
+    keys = [f"bulk:{i:06d}" for i in range(count)]
+    for r in range(repeats):
+        values = small_values("str", count, r)
+        for metric, fn in (("update_bulk", system.bulk_update),
+                           ("loop_set_bulk", system.bulk_set_loop)):
+            results.setdefault(metric, []).append(timed(fn, keys, values)[0] / count)
+    emit("ready", results=results, ops=ops)
+
+
+def reader_redisdict(system, job) -> None:
+    """Gets in random order through both, alternated; then list(d.items())
+    of bulk_keys keys against [(k, d[k]) for k in keys], alternated."""
+    repeats = job["repeats"]
+    ops = ops_for(job, system)
+    order = list(range(ops))
+    random.Random(7).shuffle(order)
+    results: dict = {}
+    for kind in KINDS:
+        all_keys = small_keys(kind, job["n"])
+        keys = [all_keys[i] for i in order]
+        want = expected_value(kind, order[-1], ops, repeats)
+        for _ in range(repeats):
+            for metric, fn in ((f"get_{kind}", system.get_loop),
+                               (f"hand_get_{kind}", system.hand_get_loop)):
+                ns, got = timed(fn, keys)
+                require(got == want, metric)
+                results.setdefault(metric, []).append(ns / ops)
+    count = job["bulk_keys"]
+    keys = [f"bulk:{i:06d}" for i in range(count)]
+    for _ in range(repeats):
+        for metric, fn, args in (("items_bulk", system.bulk_items, ()),
+                                 ("loop_get_bulk", system.bulk_get_loop, (keys,))):
+            ns, n = timed(fn, *args)
+            require(n == count, f"{metric}: {n} of {count}")
+            results.setdefault(metric, []).append(ns / count)
+    emit("result", results=results)
+
+
 ROLES = {
     ("owner", "small"): owner_small,
     ("reader", "small"): reader_small,
@@ -285,6 +344,8 @@ ROLES = {
     ("owner", "scale_write"): owner_scale,
     ("scale_reader", "scale_read"): scaler,
     ("scale_writer", "scale_write"): scaler,
+    ("owner", "redisdict"): owner_redisdict,
+    ("reader", "redisdict"): reader_redisdict,
 }
 
 

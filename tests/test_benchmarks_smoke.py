@@ -24,7 +24,8 @@ def test_quick_benchmark_runs(tmp_path):
     data = json.loads(raw.read_text())
     assert data["errors"] == {}
     results = data["results"]
-    assert set(results) == {"small", "iterate", "numpy", "scale_read", "scale_write"}
+    assert set(results) == {"small", "iterate", "numpy", "scale_read", "scale_write",
+                            "redisdict"}
     small = results["small"]["sharedbox"]
     for metric in ("get_str", "get_int", "get_dict", "set_str", "contains_hit",
                    "contains_miss", "delete", "mix_90_10", "attach"):

@@ -24,10 +24,10 @@ def sample(dtype, shape=(3, 4)):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_dtype_roundtrip(sd, dtype):
+def test_dtype_roundtrip(md, dtype):
     arr = sample(dtype)
-    sd["a"] = arr
-    got = sd["a"]
+    md["a"] = arr
+    got = md["a"]
     assert type(got) is np.ndarray
     assert got.dtype == arr.dtype
     assert got.shape == arr.shape
@@ -35,57 +35,57 @@ def test_dtype_roundtrip(sd, dtype):
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (0, 5), (1,), (7,), (2, 3, 4), (1, 1, 1, 1, 5)])
-def test_shapes(sd, shape):
+def test_shapes(md, shape):
     arr = np.arange(int(np.prod(shape)), dtype="f8").reshape(shape)
-    sd["a"] = arr
-    got = sd["a"]
+    md["a"] = arr
+    got = md["a"]
     assert got.shape == shape and np.array_equal(got, arr)
 
 
-def test_returned_array_is_new_and_writeable(sd):
+def test_returned_array_is_new_and_writeable(md):
     arr = np.arange(10)
-    sd["a"] = arr
-    got = sd["a"]
+    md["a"] = arr
+    got = md["a"]
     assert got.flags.writeable and got.flags.owndata
     got[0] = 99
-    assert sd["a"][0] == 0
+    assert md["a"][0] == 0
     arr[1] = 77
-    assert sd["a"][1] == 1
+    assert md["a"][1] == 1
 
 
-def test_non_contiguous_input(sd):
+def test_non_contiguous_input(md):
     base = np.arange(100, dtype="i4").reshape(10, 10)
     for view in (base[::2, 1::3], base.T, base[:, 3], base[::-1]):
-        sd["v"] = view
-        got = sd["v"]
+        md["v"] = view
+        got = md["v"]
         assert np.array_equal(got, view) and got.dtype == view.dtype
 
 
-def test_fortran_order_is_kept(sd):
+def test_fortran_order_is_kept(md):
     arr = np.asfortranarray(np.arange(12.0).reshape(3, 4))
-    sd["f"] = arr
-    got = sd["f"]
+    md["f"] = arr
+    got = md["f"]
     assert np.array_equal(got, arr) and got.flags.f_contiguous
 
 
-def test_object_arrays_and_subclasses_are_pickled(sd):
+def test_object_arrays_and_subclasses_are_pickled(md):
     obj = np.array([1, "two", None], dtype=object)
-    sd["o"] = obj
-    got = sd["o"]
+    md["o"] = obj
+    got = md["o"]
     assert got.dtype == object and list(got) == [1, "two", None]
     m = np.ma.masked_array([1, 2, 3], mask=[0, 1, 0])
-    sd["m"] = m
-    gm = sd["m"]
+    md["m"] = m
+    gm = md["m"]
     assert type(gm) is np.ma.MaskedArray and gm.mask.tolist() == [False, True, False]
     rec = np.rec.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")])
-    sd["r"] = rec
-    assert type(sd["r"]) is np.recarray
+    md["r"] = rec
+    assert type(md["r"]) is np.recarray
 
 
-def test_numpy_scalars_keep_their_type(sd):
+def test_numpy_scalars_keep_their_type(md):
     for scalar in (np.float32(1.5), np.int16(-3), np.bool_(True), np.datetime64("2024-01-01")):
-        sd["s"] = scalar
-        got = sd["s"]
+        md["s"] = scalar
+        got = md["s"]
         assert type(got) is type(scalar) and got == scalar
 
 

@@ -30,7 +30,7 @@ def needs_mypy():
 TESTS = pathlib.Path(__file__).resolve().parent
 ROOT = TESTS.parent
 PACKAGE = pathlib.Path(sharedbox.__file__).resolve().parent
-STUBS = ["_core.pyi", "_dict.pyi"]
+STUBS = ["_core.pyi", "_dict.pyi", "_redis.pyi"]
 
 
 def run(args, cwd):

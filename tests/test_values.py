@@ -1,4 +1,8 @@
-"""Values round-trip with their exact type; bad values are clear errors."""
+"""Values round-trip with their exact type; bad values are clear errors.
+
+The round-trip tests run on every backend (the md fixture, see conftest.py);
+those that read a segment's raw bytes are SharedDict's own.
+"""
 
 import enum
 import fractions
@@ -83,9 +87,9 @@ VALUES = [
 
 
 @pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__ + ":" + repr(v)[:20])
-def test_roundtrip_exact_type_and_value(sd, value):
-    sd["v"] = value
-    got = sd["v"]
+def test_roundtrip_exact_type_and_value(md, value):
+    md["v"] = value
+    got = md["v"]
     assert type(got) is type(value)
     if isinstance(value, float) and value != value:
         assert got != got
@@ -95,45 +99,45 @@ def test_roundtrip_exact_type_and_value(sd, value):
         assert repr(got) == repr(value)  # -0.0 stays -0.0
 
 
-def test_nan_roundtrip(sd):
-    sd["nan"] = float("nan")
-    assert sd["nan"] != sd["nan"]
+def test_nan_roundtrip(md):
+    md["nan"] = float("nan")
+    assert md["nan"] != md["nan"]
 
 
-def test_bool_is_not_int(sd):
-    sd["t"] = True
-    sd["one"] = 1
-    assert sd["t"] is True and type(sd["one"]) is int
+def test_bool_is_not_int(md):
+    md["t"] = True
+    md["one"] = 1
+    assert md["t"] is True and type(md["one"]) is int
 
 
-def test_values_are_copies(sd):
+def test_values_are_copies(md):
     value = [1, 2]
-    sd["l"] = value
+    md["l"] = value
     value.append(3)
-    got = sd["l"]
+    got = md["l"]
     assert got == [1, 2]
     got.append(9)
-    assert sd["l"] == [1, 2]
+    assert md["l"] == [1, 2]
 
 
-def test_defaultdict_roundtrip(sd):
+def test_defaultdict_roundtrip(md):
     dd = defaultdict(list, {"a": [1]})
-    sd["dd"] = dd
-    got = sd["dd"]
+    md["dd"] = dd
+    got = md["dd"]
     assert type(got) is defaultdict and got == dd and got.default_factory is list
 
 
-def test_unpicklable_value_is_value_error_and_nothing_stored(sd):
+def test_unpicklable_value_is_value_error_and_nothing_stored(md):
     import threading
 
-    sd["k"] = "before"
+    md["k"] = "before"
     with pytest.raises(ValueError, match="cannot be pickled") as info:
-        sd["k"] = threading.Lock()
+        md["k"] = threading.Lock()
     assert info.value.__cause__ is not None
-    assert sd["k"] == "before"
+    assert md["k"] == "before"
     with pytest.raises(ValueError):
-        sd["new"] = lambda: 1
-    assert "new" not in sd and len(sd) == 1
+        md["new"] = lambda: 1
+    assert "new" not in md and len(md) == 1
 
 
 def test_value_unreadable_in_another_process_is_value_error(name):
@@ -162,15 +166,15 @@ def test_value_unreadable_in_another_process_is_value_error(name):
     d.close()
 
 
-def test_pickle_errors_in_reduce_are_value_errors(sd):
+def test_pickle_errors_in_reduce_are_value_errors(md):
     class Bad:
         def __reduce__(self):
             raise RuntimeError("no")
 
     with pytest.raises(ValueError) as info:
-        sd["bad"] = Bad()
+        md["bad"] = Bad()
     assert isinstance(info.value.__cause__, RuntimeError)
-    assert "bad" not in sd
+    assert "bad" not in md
 
 
 def test_stored_pickle_is_protocol_5(sd):

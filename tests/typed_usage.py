@@ -126,3 +126,32 @@ def rejected() -> None:
     SharedDict("n", max_key=10)  # type: ignore[call-arg]
     d.get_stats()["no_such_field"]  # type: ignore[typeddict-item]
     SharedDict.temporary(create=False)  # type: ignore[call-arg]
+
+
+def redis_dict() -> None:
+    from sharedbox import MISSING, BackendUnavailableError, RedisDict, RedisLock
+
+    d = RedisDict("typed_usage", url="redis://localhost:6379/0", max_keys=1000)
+    RedisDict("typed_usage", create=False, allow_pickle=False, socket_timeout=1.0, shards=3)
+    m: MutableMapping[str, Any] = d
+    assert_type(d["k"], Any)
+    assert_type(d.keys_atomic(), list[str])
+    assert_type(d.incr("n"), int | float)
+    assert_type(d.compare_and_set("k", MISSING, 1), bool)
+    assert_type(d.version("k"), int | None)
+    assert_type(d.wait("k", timeout=1.0), int | None)
+    lock = d.lock("jobs")
+    assert_type(lock, RedisLock)
+    with lock:
+        assert_type(lock.recovered, bool)
+    assert_type(lock.acquire(timeout=0), bool)
+    size: int = d.recommend_sizing(1000)["sizing_recommendation"]["total_segment_size"]
+    assert_type(d.get_stats()["total_entries"], int)
+    try:
+        d.close()
+        d.unlink()
+    except BackendUnavailableError as exc:
+        assert isinstance(exc, RuntimeError)
+    d[1] = "x"  # type: ignore[index]
+    RedisDict("n", url=5)  # type: ignore[arg-type]
+    print(m, size)

@@ -507,6 +507,177 @@ class Sink : public sbx::ValueSink {
 };
 
 // ---------------------------------------------------------------------------
+// The codec as bytes, for backends that store values elsewhere (RedisDict)
+// and for copying values between backends without decoding them.
+//
+// An encoded value outside a segment is in canonical form: an ndarray's
+// padding is computed as if the value started at offset 0 (so its data sits
+// at the first 64-byte boundary after the header).  Inside a segment the
+// padding depends on where the record landed; raw_get/raw_put convert
+// between the two, so the same value has the same canonical bytes whichever
+// backend holds it.
+
+// The header bytes of a value (everything before the padding): an array's
+// fixed header, shape and descr; the whole value for every other tag.
+uint64_t head_len_of(const ArrayHeader& h) {
+  return codec::kArrayFixedHeader + uint64_t(h.ndim) * 8 + h.descr_len;
+}
+
+// Checks that `v` is one well-formed canonical encoded value; throws
+// ValueError saying what is wrong (PickleRefusedError for a pickle when
+// pickles are refused).  Nothing is decoded.
+void validate_encoded(const uint8_t* v, uint64_t n, bool allow_pickle) {
+  if (n == 0) throw nb::value_error("an encoded value cannot be empty");
+  switch (v[0]) {
+    case codec::kNone:
+    case codec::kFalse:
+    case codec::kTrue:
+      if (n != 1) throw nb::value_error("malformed encoded value: trailing bytes after its tag");
+      return;
+    case codec::kInt64:
+    case codec::kFloat64:
+      if (n != 9) throw nb::value_error("malformed encoded value: a number takes 8 bytes");
+      return;
+    case codec::kStr: {
+      PyObject* s = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1),
+                                         "strict");
+      if (!s) {
+        PyErr_Clear();
+        throw nb::value_error("malformed encoded value: a str that is not UTF-8");
+      }
+      Py_DECREF(s);
+      return;
+    }
+    case codec::kBytes:
+      return;
+    case codec::kPickle:
+      if (!allow_pickle)
+        throw_pickle_refused(
+            "refusing an encoded value that needs pickle: this handle was opened with "
+            "allow_pickle=False");
+      return;
+    case codec::kNdarray: {
+      ArrayHeader h;
+      if (!parse_array(v, n, 0, &h))
+        throw nb::value_error("malformed encoded value: a bad array header or data size");
+      return;
+    }
+    default: {
+      std::string msg = "malformed encoded value: unknown tag " + std::to_string(int(v[0]));
+      throw nb::value_error(msg.c_str());
+    }
+  }
+}
+
+// Buffer protocol view of a bytes object (bytes only: immutable, so a copy
+// made without the GIL cannot see it change or move).
+struct BytesIn {
+  const uint8_t* p;
+  uint64_t n;
+  explicit BytesIn(const nb::bytes& b)
+      : p(reinterpret_cast<const uint8_t*>(b.c_str())), n(uint64_t(b.size())) {}
+};
+
+nb::bytes encode_value(nb::handle value, bool allow_pickle) {
+  Encoded enc(allow_pickle);
+  enc.encode(value.ptr());
+  uint64_t cap = enc.max_bytes();
+  nb::object out = nb::steal(PyBytes_FromStringAndSize(nullptr, Py_ssize_t(cap)));
+  if (!out.is_valid()) throw nb::python_error();
+  auto* dst = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(out.ptr()));
+  uint64_t n;
+  if (enc.payload_len() >= kReleaseGilBytes) {
+    nb::gil_scoped_release unlocked;
+    n = enc.write(dst, 0);
+  } else {
+    n = enc.write(dst, 0);
+  }
+  if (n != cap) {
+    PyObject* p = out.release().ptr();
+    if (_PyBytes_Resize(&p, Py_ssize_t(n)) != 0) throw nb::python_error();
+    out = nb::steal(p);
+  }
+  return nb::borrow<nb::bytes>(out);
+}
+
+nb::object decode_value(const nb::bytes& data, bool allow_pickle) {
+  BytesIn in(data);
+  if (in.n == 0) throw_corrupt_value();
+  Sink sink(allow_pickle);
+  sink.take(in.p, in.n, 0, false);  // offset 0: canonical form
+  return sink.decode();
+}
+
+// Copies one value out of the segment as it is stored (no decoding; a
+// pickle is never loaded).  take() may run under the stripe lock, so it
+// only copies.
+class RawSink : public sbx::ValueSink {
+ public:
+  void take(const uint8_t* v, uint64_t n, uint64_t segment_off, bool) override {
+    bytes_.assign(reinterpret_cast<const char*>(v), size_t(n));
+    segment_off_ = segment_off;
+  }
+  void reset() override { bytes_.clear(); }
+
+  // The value in canonical form (an array re-padded as if at offset 0).
+  nb::bytes canonical() const {
+    const auto* v = reinterpret_cast<const uint8_t*>(bytes_.data());
+    uint64_t n = bytes_.size();
+    if (n == 0) throw_corrupt_value();
+    if (v[0] != codec::kNdarray) return nb::bytes(bytes_.data(), bytes_.size());
+    ArrayHeader h;
+    if (!parse_array(v, n, segment_off_, &h)) throw_corrupt_value();
+    uint64_t head = head_len_of(h);
+    uint64_t pad = (codec::kArrayAlign - head % codec::kArrayAlign) % codec::kArrayAlign;
+    std::string out;
+    out.reserve(size_t(head + pad + h.nbytes));
+    out.append(bytes_.data(), size_t(head));
+    out.append(size_t(pad), '\0');
+    out.append(bytes_.data() + h.data_at, size_t(h.nbytes));
+    return nb::bytes(out.data(), out.size());
+  }
+
+ private:
+  std::string bytes_;
+  uint64_t segment_off_ = 0;
+};
+
+// Writes a canonical encoded value (already validated) into a record,
+// re-padding an array's data to the record's own 64-byte boundary.
+class RawSource : public sbx::ValueSource {
+ public:
+  RawSource(const uint8_t* v, uint64_t n) : v_(v), n_(n) {
+    if (v[0] == codec::kNdarray) {
+      ArrayHeader h;
+      parse_array(v, n, 0, &h);  // validated by the caller
+      head_ = head_len_of(h);
+      data_at_ = h.data_at;
+      array_ = true;
+    }
+  }
+  uint64_t max_bytes() const override {
+    return array_ ? head_ + (codec::kArrayAlign - 1) + (n_ - data_at_) : n_;
+  }
+  uint64_t write(uint8_t* dst, uint64_t dst_off) override {
+    if (!array_) {
+      std::memcpy(dst, v_, n_);
+      return n_;
+    }
+    std::memcpy(dst, v_, head_);
+    uint64_t pad = (codec::kArrayAlign - (dst_off + head_) % codec::kArrayAlign) % codec::kArrayAlign;
+    std::memset(dst + head_, 0, pad);
+    std::memcpy(dst + head_ + pad, v_ + data_at_, n_ - data_at_);
+    return head_ + pad + (n_ - data_at_);
+  }
+
+ private:
+  const uint8_t* v_;
+  uint64_t n_;
+  bool array_ = false;
+  uint64_t head_ = 0, data_at_ = 0;
+};
+
+// ---------------------------------------------------------------------------
 // Read-only views for the command-line tool (sharedbox._cli).
 
 // The identity block of a segment, from the first bytes of its file (read with
@@ -800,6 +971,31 @@ class Core {
     return r;
   }
 
+  // The stored bytes of key's value in canonical form (see RawSink), or None.
+  nb::object get_raw(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    RawSink sink;
+    if (!d->get(d->key(kb.data, size_t(kb.len)), sink)) return nb::none();
+    return sink.canonical();
+  }
+
+  // Stores canonical encoded bytes as key's value, without decoding them.
+  void put_raw(PyObject* key, const nb::bytes& data) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    BytesIn in(data);
+    validate_encoded(in.p, in.n, allow_pickle_);
+    RawSource src(in.p, in.n);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    if (in.n >= kReleaseGilBytes) {
+      nb::gil_scoped_release unlocked;
+      d->put(k, src, sbx::PutMode::Always);
+      return;
+    }
+    d->put(k, src, sbx::PutMode::Always);
+  }
+
   std::vector<std::string> check() {
     Use d(this);
     return d->check_integrity();
@@ -1005,6 +1201,17 @@ NB_MODULE(_core, m) {
         "Bytes of a segment of this size left for records and index tables.");
   m.def("_peek_header", &peek_header, "data"_a,
         "The identity fields of a segment's header, given its first bytes (None if foreign).");
+  m.def("encode_value", &encode_value, "value"_a.none(), "allow_pickle"_a = true,
+        "The bytes a SharedDict stores for value (canonical form: the same on every backend).");
+  m.def("decode_value", &decode_value, "data"_a, "allow_pickle"_a,
+        "The value that encode_value turned into data.");
+  m.def("validate_encoded",
+        [](const nb::bytes& data, bool allow_pickle) {
+          BytesIn in(data);
+          validate_encoded(in.p, in.n, allow_pickle);
+        },
+        "data"_a, "allow_pickle"_a,
+        "Raise ValueError unless data is one well-formed encoded value (nothing is decoded).");
   m.def("unlink_segment", [](const std::string& name) { sbx::Dict::unlink(name); }, "name"_a,
         "Removes the shared memory segment of this name.");
 
@@ -1045,6 +1252,11 @@ NB_MODULE(_core, m) {
       .def("_value_info", [](Core& c, nb::handle key) { return c.value_info(key.ptr()); },
            "key"_a.none(), "(type, stored bytes, dtype descr, shape) of key's value, or None.")
       .def("_stats", &Core::stats)
+      .def("_get_raw", [](Core& c, nb::handle key) { return c.get_raw(key.ptr()); },
+           "key"_a.none(), "The encoded bytes of key's value (canonical form), or None.")
+      .def("_put_raw",
+           [](Core& c, nb::handle key, const nb::bytes& data) { c.put_raw(key.ptr(), data); },
+           "key"_a.none(), "data"_a, "Store encoded bytes (from _get_raw or encode_value) as key's value.")
       .def("_check_integrity", &Core::check)
       .def("close", &Core::close,
            "Unmap the segment from this process; the data stays for other processes.")

@@ -10,7 +10,10 @@ and read or write the same dict.  See the README and docs/ for the guarantees.
 
 from ._dict import DEFAULT_MAX_KEYS, DEFAULT_SIZE, SharedDict
 from ._segments import SegmentInfo, list_segments
+from ._redis import RedisDict, RedisLock
+from ._sentinel import MISSING
 from .errors import (
+    BackendUnavailableError,
     CorruptSegmentError,
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
@@ -34,6 +37,9 @@ __all__ = [
     "SharedDict",
     "list_segments",
     "SegmentInfo",
+    "RedisDict",
+    "RedisLock",
+    "MISSING",
     "DEFAULT_SIZE",
     "DEFAULT_MAX_KEYS",
     "SharedBoxError",
@@ -51,5 +57,6 @@ __all__ = [
     "SegmentReplacedError",
     "SegmentMismatchError",
     "SegmentMismatchWarning",
+    "BackendUnavailableError",
     "__version__",
 ]

@@ -22,6 +22,8 @@ from . import __version__, _core
 from ._dict import SharedDict
 from ._segments import ATTACH_TIMEOUT, SHM_DIR, mapping_pids, pid_alive, read_header, scan
 from .errors import PickleRefusedError, SharedBoxError
+from ._copy import CopyError as _CopyError
+from ._copy import add_parser as add_copy_parser
 
 _PID_NOTE = (
     "PIDs are those of the creator's PID namespace: across containers that share "
@@ -491,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove it even if it looks in use or is not a sharedbox segment")
     p.set_defaults(func=cmd_rm)
 
+    add_copy_parser(sub)  # sharedbox copy SRC DST (in _copy.py)
+
     p = sub.add_parser(
         "demo",
         help="run a short multi-process demo",
@@ -534,7 +538,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 141
-    except CliError as exc:
+    except (CliError, _CopyError) as exc:
         print(f"{where}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, _UsageError) else 1
     except (SharedBoxError, OSError, ValueError) as exc:

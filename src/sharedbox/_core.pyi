@@ -59,6 +59,15 @@ def default_stripes(max_keys: int) -> int:
 def heap_bytes_for(size: int, stripes: int) -> int:
     """Bytes of a segment of this size left for records and index tables."""
 
+def encode_value(value: object, allow_pickle: bool = True) -> bytes:
+    """The bytes a SharedDict stores for value (canonical form: the same on every backend)."""
+
+def decode_value(data: bytes, allow_pickle: bool) -> Any:
+    """The value that encode_value turned into data."""
+
+def validate_encoded(data: bytes, allow_pickle: bool) -> None:
+    """Raise ValueError unless data is one well-formed encoded value (nothing is decoded)."""
+
 def unlink_segment(name: str) -> None:
     """Removes the shared memory segment of this name."""
 
@@ -95,6 +104,12 @@ class SharedDictCore:
     def _discard(self, key: str) -> bool: ...
     def _keys(self, atomic: bool) -> list[str]: ...
     def _stats(self) -> dict[str, int]: ...
+    def _get_raw(self, key: str) -> bytes | None:
+        """The encoded bytes of key's value (canonical form), or None."""
+
+    def _put_raw(self, key: str, data: bytes) -> None:
+        """Store encoded bytes (from _get_raw or encode_value) as key's value."""
+
     def _check_integrity(self) -> list[str]: ...
     def _value_info(
         self, key: str

@@ -24,6 +24,7 @@ __all__ = [
     "SegmentReplacedError",
     "SegmentMismatchError",
     "SegmentMismatchWarning",
+    "BackendUnavailableError",
 ]
 
 
@@ -106,4 +107,15 @@ class PickleRefusedError(SharedBoxError, ValueError):
     Unpickling runs code chosen by whoever wrote the bytes; anyone who can write
     the segment can write them.  ``allow_pickle=False`` limits a handle to the
     native encodings (None, bool, int64, float, str, bytes, NumPy arrays).
+    """
+
+
+class BackendUnavailableError(SharedBoxError, RuntimeError):
+    """A remote backend (a Redis server) could not be reached, or the
+    connection dropped or timed out.
+
+    The message names the server's URL without its password.  A write that
+    raised this was either applied whole or not at all (the server may have
+    run it before the connection dropped); the handle reconnects on its next
+    operation once the server is back.
     """
