@@ -106,6 +106,7 @@ def test_engine_cpp(tmp_path):
     _check_output(_run_tests([str(exe)], timeout=120, env=None, cwd=tmp_path))
 
 
+@pytest.mark.sanitizer
 @pytest.mark.slow
 def test_engine_cpp_threads_tsan(tmp_path):
     """The multi-threaded case under ThreadSanitizer.
@@ -130,6 +131,7 @@ def test_engine_cpp_threads_tsan(tmp_path):
     _check_output(proc)
 
 
+@pytest.mark.sanitizer
 @pytest.mark.slow
 def test_engine_cpp_asan_ubsan(tmp_path):
     """Every engine test case under AddressSanitizer + UndefinedBehaviorSanitizer;
@@ -151,6 +153,7 @@ FUZZ_SUMMARY = re.compile(r"^fuzz_segment: (\d+) corpus inputs, (\d+) random inp
 
 
 @pytest.mark.fuzz
+@pytest.mark.sanitizer
 @pytest.mark.slow  # it is its own ASan build: scripts/test-asan.sh need not build it again
 def test_engine_fuzz_segment_asan_ubsan(tmp_path):
     """tests/fuzz/fuzz_segment.cpp under ASan+UBSan: every committed corpus
