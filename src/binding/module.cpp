@@ -804,6 +804,112 @@ const char* name_state(const std::string& name, uint64_t created_ns, uint64_t se
 }
 
 // ---------------------------------------------------------------------------
+// Read-modify-write decisions (sbx::UpdateFn).  They run under the stripe
+// lock with the GIL held, and only compute: the GIL is never waited for
+// under a shared lock (rule 1 above), and errors are raised before anything
+// is stored.
+
+// A native int64 or float64 value, encoded.
+class NumberSource : public sbx::ValueSource {
+ public:
+  void set_int(int64_t v) {
+    bytes_[0] = codec::kInt64;
+    std::memcpy(bytes_ + 1, &v, 8);
+  }
+  void set_float(double v) {
+    bytes_[0] = codec::kFloat64;
+    std::memcpy(bytes_ + 1, &v, 8);
+  }
+  uint64_t max_bytes() const override { return 9; }
+  uint64_t write(uint8_t* dst, uint64_t) override {
+    std::memcpy(dst, bytes_, 9);
+    return 9;
+  }
+
+ private:
+  uint8_t bytes_[9] = {};
+};
+
+// incr(): the stored number (0 if absent) plus delta.  int + int stays an
+// int64 (OverflowError past it); a float on either side gives a float.
+class IncrDecision : public sbx::UpdateFn {
+ public:
+  IncrDecision(bool delta_is_int, int64_t di, double df) : di_(di), df_(df), int_(delta_is_int) {}
+  sbx::ValueSource* decide(const uint8_t* v, uint64_t n, bool present) override {
+    bool cur_int = true;
+    int64_t ci = 0;
+    double cf = 0;
+    if (present) {
+      if (n == 9 && v[0] == codec::kInt64) {
+        std::memcpy(&ci, v + 1, 8);
+      } else if (n == 9 && v[0] == codec::kFloat64) {
+        cur_int = false;
+        std::memcpy(&cf, v + 1, 8);
+      } else {
+        throw nb::type_error("incr(): the stored value is not an int or a float");
+      }
+    }
+    if (cur_int && int_) {
+      if (__builtin_add_overflow(ci, di_, &ri_)) {
+        PyErr_SetString(PyExc_OverflowError,
+                        "incr() would leave the 64-bit int range; the dict is unchanged");
+        throw nb::python_error();
+      }
+      result_is_int_ = true;
+      src_.set_int(ri_);
+    } else {
+      rf_ = (cur_int ? double(ci) : cf) + (int_ ? double(di_) : df_);
+      result_is_int_ = false;
+      src_.set_float(rf_);
+    }
+    return &src_;
+  }
+  nb::object result() const {
+    return result_is_int_ ? nb::steal(PyLong_FromLongLong(ri_)) : nb::steal(PyFloat_FromDouble(rf_));
+  }
+
+ private:
+  int64_t di_;
+  double df_;
+  bool int_;
+  bool result_is_int_ = true;
+  int64_t ri_ = 0;
+  double rf_ = 0;
+  NumberSource src_;
+};
+
+// Whether a stored value (padded for its place in the segment) is the value
+// whose canonical encoding is `e` (see encode_value): the same tag and bytes;
+// for an array the same header and data, whatever the padding between them.
+bool same_encoded_value(const uint8_t* v, uint64_t n, const uint8_t* e, uint64_t en) {
+  if (n == 0 || en == 0 || v[0] != e[0]) return false;
+  if (v[0] != codec::kNdarray) return n == en && std::memcmp(v, e, n) == 0;
+  ArrayHeader he;
+  if (!parse_array(e, en, 0, &he)) return false;
+  const uint64_t head = head_len_of(he);
+  if (n < head + he.nbytes || std::memcmp(v, e, head) != 0) return false;
+  return std::memcmp(v + n - he.nbytes, e + en - he.nbytes, he.nbytes) == 0;
+}
+
+// compare_and_set(): store `src` if the key holds the value encoded as
+// `expected` (nullptr: if the key is absent).
+class CompareDecision : public sbx::UpdateFn {
+ public:
+  CompareDecision(const nb::bytes* expected, sbx::ValueSource& src)
+      : expected_(expected), src_(src) {}
+  sbx::ValueSource* decide(const uint8_t* v, uint64_t n, bool present) override {
+    if (!expected_) return present ? nullptr : &src_;
+    if (!present) return nullptr;
+    BytesIn e(*expected_);
+    return same_encoded_value(v, n, e.p, e.n) ? &src_ : nullptr;
+  }
+
+ private:
+  const nb::bytes* expected_;
+  sbx::ValueSource& src_;
+};
+
+// ---------------------------------------------------------------------------
 // The handle.
 
 class Core {
@@ -996,6 +1102,93 @@ class Core {
     d->put(k, src, sbx::PutMode::Always);
   }
 
+  // Coordination (SharedDict.incr, compare_and_set, version, wait, lock).
+
+  nb::object incr(PyObject* key, PyObject* delta) {
+    bool is_int = PyLong_CheckExact(delta);
+    int64_t di = 0;
+    double df = 0;
+    if (is_int) {
+      int overflow = 0;
+      di = PyLong_AsLongLongAndOverflow(delta, &overflow);
+      if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "incr() delta does not fit in a 64-bit int");
+        throw nb::python_error();
+      }
+    } else if (PyFloat_CheckExact(delta)) {
+      df = PyFloat_AS_DOUBLE(delta);
+    } else {
+      std::string msg = std::string("incr() delta must be an int or a float, not ") +
+                        Py_TYPE(delta)->tp_name;
+      throw nb::type_error(msg.c_str());
+    }
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    IncrDecision decision(is_int, di, df);
+    d->update(d->key(kb.data, size_t(kb.len)), decision);
+    return decision.result();
+  }
+
+  // expected == nullptr: only if the key is absent (sharedbox.MISSING).
+  bool compare_and_set(PyObject* key, PyObject* expected, PyObject* value) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    Encoded enc(allow_pickle_);
+    enc.encode(value);
+    nb::bytes want;
+    if (expected) want = encode_value(nb::handle(expected), allow_pickle_);
+    CompareDecision decision(expected ? &want : nullptr, enc);
+    return d->update(k, decision);
+  }
+
+  nb::object version(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    uint64_t v = 0;
+    if (!d->version(d->key(kb.data, size_t(kb.len)), &v)) return nb::none();
+    return nb::steal(PyLong_FromUnsignedLongLong(v));
+  }
+
+  // Waits at most `slice` seconds, without the GIL, for key's version to
+  // differ from `seen` (0: absent).  Returns (changed, version or None).
+  nb::tuple wait_slice(PyObject* key, uint64_t seen, double slice) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    uint64_t now = 0;
+    bool changed;
+    {
+      nb::gil_scoped_release unlocked;
+      changed = d->wait_change(k, seen, slice, &now);
+    }
+    nb::object v = now ? nb::steal(PyLong_FromUnsignedLongLong(now)) : nb::none();
+    return nb::make_tuple(changed, v);
+  }
+
+  uint32_t lock_slot(const std::string& lock_name) {
+    Use d(this);
+    return d->named_lock(lock_name);
+  }
+  // 0: timed out, 1: acquired, 2: acquired from a holder that died.
+  int lock_acquire(uint32_t slot, double timeout) {
+    Use d(this);
+    sbx::LockResult r;
+    {
+      nb::gil_scoped_release unlocked;
+      r = d->lock_named(slot, timeout);
+    }
+    return r == sbx::LockResult::TimedOut ? 0 : r == sbx::LockResult::Acquired ? 1 : 2;
+  }
+  void lock_release(uint32_t slot) {
+    Use d(this);
+    d->unlock_named(slot);
+  }
+  bool lock_locked(uint32_t slot) {
+    Use d(this);
+    return d->named_locked(slot);
+  }
+
   std::vector<std::string> check() {
     Use d(this);
     return d->check_integrity();
@@ -1145,6 +1338,7 @@ void document_slot(nb::handle type, const char* name, const char* doc) {
 const char* kErrorNames[] = {
     "InvalidArgument", "NotFound", "PermissionDenied", "NoSpaceOnDevice", "Incompatible",
     "NotReady", "SegmentFull", "ValueTooLarge", "TooManyKeys", "Corrupt", "System",
+    "TooManyLocks", "LockMisuse",
 };
 
 }  // namespace
@@ -1258,6 +1452,22 @@ NB_MODULE(_core, m) {
            [](Core& c, nb::handle key, const nb::bytes& data) { c.put_raw(key.ptr(), data); },
            "key"_a.none(), "data"_a, "Store encoded bytes (from _get_raw or encode_value) as key's value.")
       .def("_check_integrity", &Core::check)
+      .def("_incr", [](Core& c, nb::handle key, nb::handle delta) {
+             return c.incr(key.ptr(), delta.ptr());
+           }, "key"_a.none(), "delta"_a.none())
+      .def("_compare_and_set", [](Core& c, nb::handle key, nb::handle expected, bool missing,
+                                  nb::handle value) {
+             return c.compare_and_set(key.ptr(), missing ? nullptr : expected.ptr(), value.ptr());
+           }, "key"_a.none(), "expected"_a.none(), "missing"_a, "value"_a.none())
+      .def("_version", [](Core& c, nb::handle key) { return c.version(key.ptr()); },
+           "key"_a.none())
+      .def("_wait_slice", [](Core& c, nb::handle key, uint64_t seen, double slice) {
+             return c.wait_slice(key.ptr(), seen, slice);
+           }, "key"_a.none(), "seen"_a, "slice"_a)
+      .def("_lock_slot", &Core::lock_slot, "name"_a)
+      .def("_lock_acquire", &Core::lock_acquire, "slot"_a, "timeout"_a)
+      .def("_lock_release", &Core::lock_release, "slot"_a)
+      .def("_lock_locked", &Core::lock_locked, "slot"_a)
       .def("close", &Core::close,
            "Unmap the segment from this process; the data stays for other processes.")
       .def("is_closed", &Core::closed, "True once close() has been called on this handle.")

@@ -11,6 +11,7 @@ and read or write the same dict.  See the README and docs/ for the guarantees.
 from ._dict import DEFAULT_MAX_KEYS, DEFAULT_SIZE, SharedDict
 from ._segments import SegmentInfo, list_segments
 from ._redis import RedisDict, RedisLock
+from ._lock import SharedLock
 from ._sentinel import MISSING
 from .errors import (
     BackendUnavailableError,
@@ -28,6 +29,7 @@ from .errors import (
     SharedDictClosedError,
     SharedDictOpenError,
     TooManyKeysError,
+    TooManyLocksError,
     ValueTooLargeError,
 )
 
@@ -40,6 +42,8 @@ __all__ = [
     "RedisDict",
     "RedisLock",
     "MISSING",
+    "SharedLock",
+    "TooManyLocksError",
     "DEFAULT_SIZE",
     "DEFAULT_MAX_KEYS",
     "SharedBoxError",

@@ -18,7 +18,10 @@ from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, Values
 from typing import Any, Iterator, Optional
 
 from . import _codec, _core
+from ._lock import SharedLock, _check_timeout
+from ._sentinel import MISSING
 from .errors import (
+    TooManyLocksError,
     CorruptSegmentError,
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
@@ -76,8 +79,14 @@ _SIZE_DEFAULT = _Default(DEFAULT_SIZE, "128 * 1024 * 1024")
 _MAX_KEYS_DEFAULT = _Default(DEFAULT_MAX_KEYS, "128")
 _MODE_DEFAULT = _Default(0o600, "0o600")
 
+# wait(): "the version now" (None already means "absent").
+_CURRENT: Any = object()
+# wait() sleeps in slices this long, to notice Ctrl-C, close() and unlink().
+_WAIT_SLICE_S = 0.1
+
 _core._set_error_types(
     {
+        "TooManyLocks": TooManyLocksError,
         "NotFound": SegmentNotFoundError,
         "NoSpaceOnDevice": InsufficientSharedMemoryError,
         "Incompatible": IncompatibleSegmentError,
@@ -521,6 +530,110 @@ class SharedDict(_core.SharedDictCore):
         if self.is_closed():
             raise SharedDictClosedError(f"SharedDict {self.name!r} is closed and cannot be pickled")
         return (_attach, (self.name, self.allow_pickle))
+
+    # -- coordination -------------------------------------------------------
+
+    def incr(self, key: str, delta: Any = 1) -> Any:
+        """Add ``delta`` to the number stored at ``key`` and return the result,
+        atomically (under the key's stripe lock, crash-safe like any write).
+
+        A missing key counts as 0.  int + int stays a 64-bit int:
+        ``OverflowError`` past it, with the dict unchanged.  A float on either
+        side gives a float.  A stored value or a delta that is not an int or a
+        float (bool included) raises ``TypeError``.
+        """
+        if isinstance(delta, bool):
+            raise TypeError("incr() delta must be an int or a float, not bool")
+        if type(delta) is not int and isinstance(delta, int):
+            delta = int(delta)  # an IntEnum or other int subclass counts as its value
+        elif type(delta) is not float and isinstance(delta, float):
+            delta = float(delta)
+        return self._incr(key, delta)
+
+    def compare_and_set(self, key: str, expected: Any, new: Any) -> bool:
+        """Store ``new`` at ``key`` only if it holds ``expected`` now; return
+        whether it stored, atomically.
+
+        The comparison is on the stored encoding: the exact type and content,
+        so 1, 1.0 and True all differ; arrays compare by dtype, shape and
+        bytes; pickled values by their pickle bytes.  ``expected=MISSING``
+        (``sharedbox.MISSING``) means "only if the key is absent".
+        """
+        missing = expected is MISSING
+        return self._compare_and_set(key, None if missing else expected, missing, new)
+
+    def version(self, key: str) -> Optional[int]:
+        """An int that changes on every write or delete of ``key`` (and is
+        never reused in this segment's life); None while the key is absent."""
+        return self._version(key)
+
+    def wait(self, key: str, version: Any = _CURRENT, timeout: Optional[float] = None) -> Optional[int]:
+        """Block until ``key``'s version differs from ``version`` and return
+        the new version (None: the key is now absent).
+
+        ``version`` is what you last saw from ``d.version(key)`` (None:
+        absent), so ``v = d.version(k); ...read...; d.wait(k, v)`` never misses
+        a change.  Left out, it is the version at the time of the call.
+        ``TimeoutError`` after ``timeout`` seconds.  The wait sleeps on a futex
+        in the segment (no polling, no CPU), releases the GIL, and can be
+        interrupted by Ctrl-C.  Raises ``SharedDictClosedError`` if the handle
+        is closed, and ``SegmentNotFoundError``/``SegmentReplacedError`` if the
+        segment is unlinked while waiting.
+        """
+        return self._wait(key, version, timeout, None)
+
+    async def wait_async(
+        self, key: str, version: Any = _CURRENT, timeout: Optional[float] = None
+    ) -> Optional[int]:
+        """``wait()`` for asyncio: it waits in a worker thread, so the event
+        loop goes on; cancelling it ends that thread within 0.1 s."""
+        import asyncio
+        import threading
+
+        if version is _CURRENT:
+            version = self.version(key)
+        cancelled = threading.Event()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, self._wait, key, version, timeout, cancelled)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    def _wait(self, key: str, version: Any, timeout: Optional[float], cancelled: Any) -> Optional[int]:
+        import time
+
+        timeout = _check_timeout(timeout)
+        if version is _CURRENT:
+            version = self.version(key)
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise TypeError("version must be an int from d.version(key), or None")
+        seen = 0 if version is None else version
+        if not 0 <= seen < 2**64:
+            raise ValueError(f"version {version} is not one d.version() returns")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _WAIT_SLICE_S if deadline is None else min(_WAIT_SLICE_S, deadline - time.monotonic())
+            changed, now = self._wait_slice(key, seen, max(left, 0.0))
+            if changed:
+                return now
+            if cancelled is not None and cancelled.is_set():
+                raise TimeoutError("wait_async() was cancelled")
+            state = self._name_state()
+            if state != "current":
+                raise (SegmentNotFoundError if state == "missing" else SegmentReplacedError)(
+                    f"SharedDict {self.name!r} was unlinked while waiting for {key!r}"
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{key!r} did not change within {timeout} s")
+
+    def lock(self, name: str = "default") -> SharedLock:
+        """A lock named ``name`` shared by every process of this dict (see
+        :class:`sharedbox.SharedLock`): for read-modify-write in Python code.
+        A segment holds at most 32 names (``TooManyLocksError`` beyond), each
+        at most 43 UTF-8 bytes."""
+        return SharedLock(self, name)
 
     # -- statistics and sizing ----------------------------------------------
 

@@ -25,6 +25,7 @@ __all__ = [
     "SegmentMismatchError",
     "SegmentMismatchWarning",
     "BackendUnavailableError",
+    "TooManyLocksError",
 ]
 
 
@@ -108,6 +109,10 @@ class PickleRefusedError(SharedBoxError, ValueError):
     the segment can write them.  ``allow_pickle=False`` limits a handle to the
     native encodings (None, bool, int64, float, str, bytes, NumPy arrays).
     """
+
+
+class TooManyLocksError(SharedBoxError, RuntimeError):
+    """Every named-lock slot of the segment is taken (``SharedDict.lock``)."""
 
 
 class BackendUnavailableError(SharedBoxError, RuntimeError):

@@ -69,7 +69,7 @@ const char* errc_name(sbx::Errc c) {
     case sbx::Errc::Corrupt: return "Corrupt";
     case sbx::Errc::System: return "System";
     case sbx::Errc::TooManyLocks: return "TooManyLocks";
-    case sbx::Errc::NotLockOwner: return "NotLockOwner";
+    case sbx::Errc::LockMisuse: return "LockMisuse";
   }
   return "?";
 }
@@ -959,12 +959,12 @@ void test_coordination() {
   CHECK(d->named_locked(a));
   std::thread other([&] {
     CHECK(d->lock_named(a, 0.05) == sbx::LockResult::TimedOut);
-    CHECK_THROWS(sbx::Errc::NotLockOwner, d->unlock_named(a));
+    CHECK_THROWS(sbx::Errc::LockMisuse, d->unlock_named(a));
   });
   other.join();
   d->unlock_named(a);
   CHECK(!d->named_locked(a));
-  CHECK_THROWS(sbx::Errc::NotLockOwner, d->unlock_named(a));
+  CHECK_THROWS(sbx::Errc::LockMisuse, d->unlock_named(a));
 
   // A holder that dies: the next acquirer gets the lock and is told so, even
   // if locked() looked at the dead holder's lock first.

@@ -147,7 +147,7 @@ LockResult Dict::lock_named(uint32_t i, double timeout_s) {
   }();
   if (rc == EBUSY || rc == ETIMEDOUT) return LockResult::TimedOut;
   if (rc == EDEADLK)
-    throw Error(Errc::InvalidArgument, "this thread already holds the lock (it is not reentrant)");
+    throw Error(Errc::LockMisuse, "this thread already holds the lock (it is not reentrant)");
   if (rc != 0 && rc != EOWNERDEAD)
     throw Error(Errc::Corrupt, "named lock " + std::to_string(i) + ": " + std::strerror(rc), rc);
   l.l_holder_tid.store(uint32_t(::syscall(SYS_gettid)), std::memory_order_relaxed);
@@ -168,7 +168,7 @@ void Dict::unlock_named(uint32_t i) {
   int rc = pthread_mutex_unlock(&l.l_mutex);
   if (rc == EPERM) {
     l.l_holder_tid.store(holder, std::memory_order_relaxed);  // still the real holder's
-    throw Error(Errc::NotLockOwner, "release() of a lock this thread does not hold");
+    throw Error(Errc::LockMisuse, "release() of a lock this thread does not hold");
   }
   if (rc != 0)
     throw Error(Errc::Corrupt, "named lock " + std::to_string(i) + ": " + std::strerror(rc), rc);

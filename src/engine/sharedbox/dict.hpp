@@ -147,7 +147,7 @@ class Dict {
   bool wait_change(const KeyRef& k, uint64_t seen, double timeout_s, uint64_t* now);
   // Named cross-process locks: the slot for a name (claimed on first use;
   // Errc::TooManyLocks when none is left), then lock/unlock by slot.
-  // timeout_s <= 0 tries once.  unlock throws Errc::NotLockOwner for a lock
+  // timeout_s <= 0 tries once.  unlock throws Errc::LockMisuse for a lock
   // the calling thread does not hold.
   uint32_t named_lock(const std::string& name);
   LockResult lock_named(uint32_t slot, double timeout_s);

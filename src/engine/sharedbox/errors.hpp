@@ -20,7 +20,7 @@ enum class Errc {
   Corrupt,           // shared state failed a bounds or consistency check
   System,            // an OS call failed (errno in sys_errno)
   TooManyLocks,      // every named-lock slot of the segment is taken
-  NotLockOwner,      // release() of a named lock this thread does not hold
+  LockMisuse,        // release() of a named lock this thread does not hold, or a second acquire
 };
 
 class Error : public std::runtime_error {
