@@ -79,8 +79,15 @@ _SIZE_DEFAULT = _Default(DEFAULT_SIZE, "128 * 1024 * 1024")
 _MAX_KEYS_DEFAULT = _Default(DEFAULT_MAX_KEYS, "128")
 _MODE_DEFAULT = _Default(0o600, "0o600")
 
-# wait(): "the version now" (None already means "absent").
-_CURRENT: Any = object()
+class _VersionNow:
+    """wait()'s default version: the key's version at the time of the call
+    (None already means "absent")."""
+
+    def __repr__(self) -> str:
+        return "<the version now>"
+
+
+_CURRENT: Any = _VersionNow()
 # wait() sleeps in slices this long, to notice Ctrl-C, close() and unlink().
 _WAIT_SLICE_S = 0.1
 
