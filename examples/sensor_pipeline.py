@@ -3,7 +3,9 @@
 The API specification's multi-process example, made into a small pipeline:
 one producer process publishes batches of sensor readings (a timestamp, a
 NumPy array of 1,000 readings and a metadata dict, as in the spec) and two
-consumer processes read every batch as soon as it appears.  The parent owns
+consumer processes read every batch as soon as it appears.  Consumers do not
+poll: they sleep in d.wait() on the "produced" counter, which wakes them when
+the producer moves it (a futex in the segment, no CPU while waiting).  The parent owns
 the segment: it creates it, hands it to the children as a Process argument
 (a SharedDict pickles as its name and re-attaches in the child), checks that
 every consumer saw exactly what the producer wrote, then unlinks it.
@@ -47,17 +49,18 @@ def produce(d: SharedDict, batches: int) -> None:
 
 def consume(d: SharedDict, worker: int, batches: int, results: Queue[Any]) -> None:
     """Read batches 0, 1, ... as they appear; report how many and their sum."""
-    metadata = None
-    while metadata is None:
-        metadata = d.get("metadata")
-        time.sleep(0.001)
     total = 0.0
     lags = []
     for i in range(batches):
-        while (batch := d.get(f"batch/{i}")) is None:
-            time.sleep(0.0005)  # not produced yet
+        # The version first, then the read: a batch produced in between
+        # changes the version, so wait() returns at once instead of missing it.
+        seen = d.version("produced")
+        while d.get("produced", 0) <= i:
+            seen = d.wait("produced", seen, timeout=60)  # sleeps until the producer moves it
+        batch = d[f"batch/{i}"]
         lags.append(time.time() - batch["timestamp"])
         total += float(batch["readings"].sum())
+    metadata = d["metadata"]  # written before the first batch
     results.put((worker, metadata["sensor_id"], batches, total, max(lags)))
     d.close()
 
