@@ -353,6 +353,18 @@ def test_pickle_still_makes_a_handle(sd):
     other.close()
 
 
+def test_a_pickled_handle_does_not_attach_to_a_replacement(name):
+    d = SharedDict(name, {"v": "sent"}, size=1 << 20)
+    sent = pickle.dumps(d)
+    d.close()
+    d.unlink()
+    new = SharedDict(name, {"v": "other"}, size=1 << 20)  # the name is reused
+    with pytest.raises(SegmentReplacedError, match="has been unlinked"):
+        pickle.loads(sent)
+    assert new["v"] == "other"
+    new.close()
+
+
 # ---------------------------------------------------------------------------
 # 9 and 10. Clean errors for bad arguments and for unlink() on an open handle.
 
