@@ -187,7 +187,7 @@ def test_close_in_a_child_forked_during_an_operation_unmaps(sd):
 # 4. A huge attach_timeout waits instead of giving up at once.
 
 
-@pytest.mark.parametrize("timeout", [1e300, math.inf, 10**400])
+@pytest.mark.parametrize("timeout", [1e300, math.inf, 10**400], ids=["1e300", "inf", "10**400"])
 def test_huge_attach_timeout_waits_for_the_creator(name, timeout):
     SharedDict(name, {"k": "v"}, size=1 << 20).close()
     # Make the segment look half-built by a live creator (this process):
