@@ -192,7 +192,7 @@ def test_close_in_a_child_forked_during_an_operation_unmaps(sd):
 # not ready is refused at once, whatever the timeout.
 
 
-@pytest.mark.parametrize("timeout", [1e300, math.inf, 10**400])
+@pytest.mark.parametrize("timeout", [1e300, math.inf, 10**400], ids=["1e300", "inf", "10**400"])
 def test_huge_attach_timeout(name, timeout):
     SharedDict(name, {"k": "v"}, size=1 << 20).close()
     d = SharedDict(name, create=False, attach_timeout=timeout)
@@ -342,6 +342,18 @@ def test_pickle_still_makes_a_handle(sd):
     other = pickle.loads(pickle.dumps(sd))
     assert other.name == sd.name and other["k"] == 1 and not other.created
     other.close()
+
+
+def test_a_pickled_handle_does_not_attach_to_a_replacement(name):
+    d = SharedDict(name, {"v": "sent"}, size=1 << 20)
+    sent = pickle.dumps(d)
+    d.close()
+    d.unlink()
+    new = SharedDict(name, {"v": "other"}, size=1 << 20)  # the name is reused
+    with pytest.raises(SegmentReplacedError, match="has been unlinked"):
+        pickle.loads(sent)
+    assert new["v"] == "other"
+    new.close()
 
 
 # ---------------------------------------------------------------------------

@@ -170,8 +170,19 @@ def _initial_items(data: Any) -> list[tuple[str, Any]]:
     return pairs
 
 
-def _attach(name: str, allow_pickle: bool = True) -> "SharedDict":
-    return SharedDict(name, create=False, allow_pickle=allow_pickle)
+def _attach(
+    name: str, allow_pickle: bool = True, identity: Optional[tuple[int, int]] = None
+) -> "SharedDict":
+    """Unpickles a handle: attaches by name, and (given the sender's segment
+    identity) refuses a segment that has replaced the sender's under that name."""
+    d = SharedDict(name, create=False, allow_pickle=allow_pickle)
+    if identity is not None and tuple(identity) != d._identity:
+        d.close()
+        raise SegmentReplacedError(
+            f"the SharedDict {name!r} that was sent has been unlinked; the name now "
+            "belongs to another segment"
+        )
+    return d
 
 
 def _unlink_temporary(name: str, identity: tuple[int, int], owner_pid: int) -> None:
@@ -530,13 +541,13 @@ class SharedDict(_core.SharedDictCore):
         """Refused with TypeError: a copy would share the data (use dict(d))."""
         raise TypeError(_NO_COPY)
 
-    def __reduce__(self) -> tuple[Any, tuple[str, bool]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, bool, tuple[int, int]]]:
         """Pickle as a handle: the receiving process attaches by name."""
         # A SharedDict crosses process boundaries as its name: the receiver
         # attaches to the same segment (multiprocessing spawn, Pool, queues).
         if self.is_closed():
             raise SharedDictClosedError(f"SharedDict {self.name!r} is closed and cannot be pickled")
-        return (_attach, (self.name, self.allow_pickle))
+        return (_attach, (self.name, self.allow_pickle, self._identity))
 
     # -- coordination -------------------------------------------------------
 
