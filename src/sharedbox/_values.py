@@ -2,7 +2,7 @@
 
 Values are encoded by the native codec (``_core.encode_value``): the same
 bytes that a SharedDict writes into its segment, in canonical form (see
-module.cpp).  A backend that stores bytes elsewhere (RedisDict) stores exactly
+src/binding/values.hpp).  A backend that stores bytes elsewhere (RedisDict) stores exactly
 these bytes, so a value can move between backends byte for byte.
 """
 

@@ -1,0 +1,369 @@
+// core.hpp — SharedDictCore, the native handle: one sbx::Dict, the use count
+// that lets close() run while other threads are inside an operation, and the
+// operations themselves (argument conversion and the GIL; the codec is in
+// values.hpp, the read-modify-write decisions in update.hpp).
+#pragma once
+
+#include <pthread.h>
+#include <unistd.h>
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "inspect.hpp"
+#include "update.hpp"
+#include "values.hpp"
+
+namespace sbx::py {
+
+class Core {
+ public:
+  Core(const std::string& name, bool create, uint64_t size, uint64_t max_keys, uint32_t stripes,
+       uint32_t mode, double attach_timeout, bool allow_pickle)
+      : allow_pickle_(allow_pickle) {
+    sbx::OpenOptions o;
+    o.name = name;
+    o.create = create;
+    o.size = size;
+    o.max_keys = max_keys;
+    o.stripes = stripes;
+    o.mode = mode;
+    (void)attach_timeout;  // attaching never waits (segment.cpp)
+    {
+      nb::gil_scoped_release unlocked;  // attaching may wait for a creator
+      dict_ = sbx::Dict::open(o, &created_);
+    }
+    name_ = name;
+    segment_bytes_ = dict_->segment_bytes();
+    max_keys_ = dict_->max_keys();
+    stripes_ = dict_->stripe_count();
+    mode_ = dict_->mode();
+    created_ns_ = dict_->created_unix_ns();
+    seed_ = dict_->hash_seed();
+    opened_pid_ = ::getpid();
+    std::lock_guard<std::mutex> hold(registry_mutex());
+    registry().insert(this);
+  }
+
+  ~Core() {
+    std::lock_guard<std::mutex> hold(registry_mutex());
+    registry().erase(this);
+  }
+
+  // fork() copies the use count of threads that were inside an operation,
+  // but not the threads: in the child nobody would ever leave, and close()
+  // would never unmap.  These handlers keep the count right in the child.
+  static void install_fork_handlers() {
+    pthread_atfork([] { registry_mutex().lock(); }, [] { registry_mutex().unlock(); },
+                   [] {
+                     for (Core* c : registry()) c->reset_after_fork();
+                     registry_mutex().unlock();
+                   });
+  }
+
+  // RAII: counts this thread as inside an operation; refuses if closed.
+  class Use {
+   public:
+    explicit Use(Core* c) : c_(c) {
+      uint64_t prev = c_->state_.fetch_add(2, std::memory_order_acquire);
+      if (prev & 1) {
+        leave();
+        throw ClosedError{c_->name_};
+      }
+    }
+    ~Use() { leave(); }
+    sbx::Dict* operator->() const { return c_->dict_.get(); }
+    sbx::Dict& dict() const { return *c_->dict_; }
+
+   private:
+    void leave() {
+      if (c_->state_.fetch_sub(2, std::memory_order_acq_rel) == 3) c_->release();
+    }
+    Core* c_;
+  };
+
+  void close() {
+    uint64_t prev = state_.fetch_or(1, std::memory_order_acq_rel);
+    if (!(prev & 1) && (prev >> 1) == 0) release();
+  }
+  bool closed() const { return state_.load(std::memory_order_acquire) & 1; }
+
+  nb::object get(PyObject* key, bool* found) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    Sink sink(allow_pickle_);
+    *found = d->get(k, sink);
+    if (!*found) return nb::object();
+    return sink.decode();
+  }
+
+  // What dump needs about a value, without decoding it; None if key is absent.
+  nb::object value_info(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    PeekSink sink;
+    if (!d->get(d->key(kb.data, size_t(kb.len)), sink)) return nb::none();
+    return sink.describe();
+  }
+
+  bool contains(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    return d->contains(d->key(kb.data, size_t(kb.len)));
+  }
+
+  bool put(PyObject* key, PyObject* value, sbx::PutMode mode) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    Encoded enc(allow_pickle_);
+    enc.encode(value);
+    if (enc.payload_len() >= kReleaseGilBytes) {
+      nb::gil_scoped_release unlocked;
+      return d->put(k, enc, mode);
+    }
+    return d->put(k, enc, mode);
+  }
+
+  // Removes key; with want_value, returns the removed value (else None).
+  bool erase(PyObject* key, bool want_value, nb::object* value) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    if (!want_value) return d->erase(k, nullptr);
+    Sink sink(allow_pickle_);
+    if (!d->erase(k, &sink)) return false;
+    *value = sink.decode();
+    return true;
+  }
+
+  Py_ssize_t size() {
+    Use d(this);
+    return Py_ssize_t(d->exact_size());
+  }
+
+  nb::list keys(bool atomic) {
+    std::vector<std::string> ks;
+    {
+      Use d(this);
+      ks = d->keys(atomic);
+    }
+    nb::list out;
+    for (const std::string& s : ks) {
+      PyObject* o = PyUnicode_DecodeUTF8(s.data(), Py_ssize_t(s.size()), "strict");
+      if (!o) throw nb::python_error();
+      out.append(nb::steal(o));
+    }
+    return out;
+  }
+
+  nb::dict stats() {
+    sbx::Stats st;
+    {
+      Use d(this);
+      st = d->stats();
+    }
+    nb::dict r;
+    r["segment_bytes"] = st.segment_bytes;
+    r["heap_bytes"] = st.heap_bytes;
+    r["used_bytes"] = st.used_bytes;
+    r["free_bytes"] = st.free_bytes;
+    r["largest_free_bytes"] = st.largest_free_bytes;
+    r["max_keys"] = st.max_keys;
+    r["entries"] = st.entries;
+    r["stripes"] = st.stripes;
+    r["recoveries"] = st.recoveries;
+    r["key_bytes"] = st.key_bytes;
+    r["value_bytes"] = st.value_bytes;
+    r["record_bytes"] = st.record_bytes;
+    r["table_bytes"] = st.table_bytes;
+    return r;
+  }
+
+  // The stored bytes of key's value in canonical form (see RawSink), or None.
+  nb::object get_raw(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    RawSink sink;
+    if (!d->get(d->key(kb.data, size_t(kb.len)), sink)) return nb::none();
+    return sink.canonical();
+  }
+
+  // Stores canonical encoded bytes as key's value, without decoding them.
+  void put_raw(PyObject* key, const nb::bytes& data) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    BytesIn in(data);
+    validate_encoded(in.p, in.n, allow_pickle_);
+    RawSource src(in.p, in.n);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    if (in.n >= kReleaseGilBytes) {
+      nb::gil_scoped_release unlocked;
+      d->put(k, src, sbx::PutMode::Always);
+      return;
+    }
+    d->put(k, src, sbx::PutMode::Always);
+  }
+
+  // Coordination (SharedDict.incr, compare_and_set, version, wait, lock).
+
+  nb::object incr(PyObject* key, PyObject* delta) {
+    bool is_int = PyLong_CheckExact(delta);
+    int64_t di = 0;
+    double df = 0;
+    if (is_int) {
+      int overflow = 0;
+      di = PyLong_AsLongLongAndOverflow(delta, &overflow);
+      if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "incr() delta does not fit in a 64-bit int");
+        throw nb::python_error();
+      }
+    } else if (PyFloat_CheckExact(delta)) {
+      df = PyFloat_AS_DOUBLE(delta);
+    } else {
+      std::string msg = std::string("incr() delta must be an int or a float, not ") +
+                        Py_TYPE(delta)->tp_name;
+      throw nb::type_error(msg.c_str());
+    }
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    IncrDecision decision(is_int, di, df);
+    d->update(d->key(kb.data, size_t(kb.len)), decision);
+    return decision.result();
+  }
+
+  // expected == nullptr: only if the key is absent (sharedbox.MISSING).
+  bool compare_and_set(PyObject* key, PyObject* expected, PyObject* value) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    Encoded enc(allow_pickle_);
+    enc.encode(value);
+    nb::bytes want;
+    if (expected) want = encode_value(nb::handle(expected), allow_pickle_);
+    CompareDecision decision(expected ? &want : nullptr, enc);
+    return d->update(k, decision);
+  }
+
+  nb::object version(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    uint64_t v = 0;
+    if (!d->version(d->key(kb.data, size_t(kb.len)), &v)) return nb::none();
+    return nb::steal(PyLong_FromUnsignedLongLong(v));
+  }
+
+  // Waits at most `slice` seconds, without the GIL, for key's version to
+  // differ from `seen` (0: absent).  Returns (changed, version or None).
+  nb::tuple wait_slice(PyObject* key, uint64_t seen, double slice) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    uint64_t now = 0;
+    bool changed;
+    {
+      nb::gil_scoped_release unlocked;
+      changed = d->wait_change(k, seen, slice, &now);
+    }
+    nb::object v = now ? nb::steal(PyLong_FromUnsignedLongLong(now)) : nb::none();
+    return nb::make_tuple(changed, v);
+  }
+
+  uint32_t lock_slot(const std::string& lock_name) {
+    Use d(this);
+    return d->named_lock(lock_name);
+  }
+  // 0: timed out, 1: acquired, 2: acquired from a holder that died.
+  int lock_acquire(uint32_t slot, double timeout) {
+    Use d(this);
+    sbx::LockResult r;
+    {
+      nb::gil_scoped_release unlocked;
+      r = d->lock_named(slot, timeout);
+    }
+    return r == sbx::LockResult::TimedOut ? 0 : r == sbx::LockResult::Acquired ? 1 : 2;
+  }
+  void lock_release(uint32_t slot) {
+    Use d(this);
+    d->unlock_named(slot);
+  }
+  bool lock_locked(uint32_t slot) {
+    Use d(this);
+    return d->named_locked(slot);
+  }
+
+  std::vector<std::string> check() {
+    Use d(this);
+    return d->check_integrity();
+  }
+
+  const std::string& name() const { return name_; }
+  uint64_t segment_bytes() const { return segment_bytes_; }
+  uint64_t max_keys() const { return max_keys_; }
+  uint32_t stripes() const { return stripes_; }
+  uint32_t mode() const { return mode_; }
+  // A forked child inherits the handle but did not create the segment: it
+  // must not act as the creator (e.g. unlink it when it is done).
+  bool created() const { return created_ && ::getpid() == opened_pid_; }
+  std::pair<uint64_t, uint64_t> identity() const { return {created_ns_, seed_}; }
+  bool allow_pickle() const { return allow_pickle_; }
+  uint32_t creator_pid() {
+    Use d(this);
+    return d->creator_pid();
+  }
+
+ private:
+  void release() {
+    if (!released_.exchange(true, std::memory_order_acq_rel)) dict_.reset();
+  }
+
+  // In a forked child (only the forking thread exists): drop the counts of
+  // the threads that stayed behind, and finish a close() that waited for them.
+  void reset_after_fork() {
+    uint64_t closed = state_.load(std::memory_order_relaxed) & 1;
+    state_.store(closed, std::memory_order_relaxed);
+    if (closed) release();
+  }
+
+  static std::mutex& registry_mutex() {
+    static std::mutex* m = new std::mutex;  // never destroyed: fork may run at exit
+    return *m;
+  }
+  static std::unordered_set<Core*>& registry() {  // every live handle
+    static auto* handles = new std::unordered_set<Core*>;
+    return *handles;
+  }
+
+  std::unique_ptr<sbx::Dict> dict_;
+  std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed
+  std::atomic<bool> released_{false};
+  std::string name_;
+  bool created_ = false;
+  uint64_t segment_bytes_ = 0, max_keys_ = 0;
+  uint32_t stripes_ = 0, mode_ = 0;
+  uint64_t created_ns_ = 0, seed_ = 0;  // the segment's identity (see name_state)
+  pid_t opened_pid_ = 0;
+  bool allow_pickle_ = true;
+};
+
+// The slot functions are reached without nanobind's argument checks, so they
+// check themselves that __init__ ran (a subclass may forget super().__init__()).
+inline Core* core_of(PyObject* self) {
+  if (!nb::inst_ready(nb::handle(self)))
+    throw nb::type_error(
+        "this SharedDict is not initialised: its __init__ never ran (a subclass's "
+        "__init__ must call super().__init__(...))");
+  return nb::inst_ptr<Core>(nb::handle(self));
+}
+
+}  // namespace sbx::py
