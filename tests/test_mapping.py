@@ -212,3 +212,27 @@ def test_iterating_while_modifying_does_not_raise(md):
         del md[key]
         md[key + "_new"] = 1
     assert len(md) == 50
+
+
+def test_key_list_is_rebuilt_after_inserts_and_deletes_elsewhere(name):
+    """keys() keeps the last key list while no key was inserted or deleted (the
+    stripes' change sequences tell): every change, from any process, shows."""
+    import subprocess
+    import sys
+
+    d = SharedDict(name, {f"k{i}": i for i in range(50)}, size=1 << 20, max_keys=200)
+    first = d.keys_atomic()
+    first.append("mutated by the caller")  # a copy: the next call is unaffected
+    assert sorted(d.keys_atomic()) == sorted(f"k{i}" for i in range(50))
+    d["k3"] = "overwritten"  # not a key-set change
+    assert len(list(d)) == 50
+    script = (f"from sharedbox import SharedDict\n"
+              f"d = SharedDict({name!r}, create=False)\n"
+              f"d['new'] = 1\ndel d['k7']\nd.close()\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    keys = set(d)
+    assert "new" in keys and "k7" not in keys and len(keys) == 50
+    assert set(d.keys_atomic()) == keys
+    del d["new"]
+    assert "new" not in d.keys_atomic() and "new" not in list(d.keys())
+    d.close()

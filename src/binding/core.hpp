@@ -152,19 +152,34 @@ class Core {
     return Py_ssize_t(d->exact_size());
   }
 
+  // The keys as a new list.  The last list built is kept with the per-stripe
+  // change sequences it was built at: while no key has been inserted or
+  // deleted since (one read of each stripe's sequence), a copy of it is the
+  // answer, for keys_atomic() too (see Dict::key_set_unchanged).  Overwrites
+  // do not move the sequences, so iterating a dict whose values change
+  // rebuilds nothing.  Guarded by the GIL.
   nb::list keys(bool atomic) {
-    std::vector<std::string> ks;
     {
       Use d(this);
-      ks = d->keys(atomic);
+      if (keys_cache_.is_valid() && d->key_set_unchanged(keys_cache_seqs_))
+        return nb::steal<nb::list>(PyList_GetSlice(keys_cache_.ptr(), 0, PY_SSIZE_T_MAX));
     }
-    nb::list out;
-    for (const std::string& s : ks) {
-      PyObject* o = PyUnicode_DecodeUTF8(s.data(), Py_ssize_t(s.size()), "strict");
+    std::vector<std::string> ks;
+    std::vector<uint64_t> seqs;
+    {
+      Use d(this);
+      ks = d->keys(atomic, &seqs);
+    }
+    nb::object out = nb::steal(PyList_New(Py_ssize_t(ks.size())));
+    if (!out.is_valid()) throw nb::python_error();
+    for (size_t i = 0; i < ks.size(); ++i) {
+      PyObject* o = PyUnicode_DecodeUTF8(ks[i].data(), Py_ssize_t(ks[i].size()), "strict");
       if (!o) throw nb::python_error();
-      out.append(nb::steal(o));
+      PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);
     }
-    return out;
+    keys_cache_ = out;
+    keys_cache_seqs_ = std::move(seqs);
+    return nb::steal<nb::list>(PyList_GetSlice(out.ptr(), 0, PY_SSIZE_T_MAX));
   }
 
   nb::dict stats() {
@@ -345,6 +360,8 @@ class Core {
   }
 
   std::unique_ptr<sbx::Dict> dict_;
+  nb::object keys_cache_;                  // see keys()
+  std::vector<uint64_t> keys_cache_seqs_;
   std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed
   std::atomic<bool> released_{false};
   std::string name_;

@@ -936,13 +936,17 @@ void Dict::for_each_record(uint32_t i, Fn&& fn) const {
   }
 }
 
-std::vector<std::string> Dict::keys(bool atomic) {
+std::vector<std::string> Dict::keys(bool atomic, std::vector<uint64_t>* key_set_seqs) {
   std::vector<std::string> out;
+  if (key_set_seqs) key_set_seqs->assign(nstripes_, 1);  // odd: "not collected"
   // The counts may be corrupt, and so may max_keys (the header only bounds it
   // by 2^31): reserve no more than the heap could hold, one key per unit.
   out.reserve(std::min({size(), max_keys_, heap_units_}));
   uint64_t units = 0;  // over all stripes: the keys copied fit in the heap
   auto collect = [&](uint32_t i) {
+    // Under the stripe lock no insert or delete is half done: even.
+    if (key_set_seqs)
+      (*key_set_seqs)[i] = stripe(i).s_change_seq.load(std::memory_order_relaxed);
     for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t) {
       units += r->r_units;
       if (units > heap_units_)
@@ -960,6 +964,14 @@ std::vector<std::string> Dict::keys(bool atomic) {
     }
   }
   return out;
+}
+
+bool Dict::key_set_unchanged(const std::vector<uint64_t>& seqs) const {
+  if (seqs.size() != nstripes_) return false;
+  for (uint32_t i = 0; i < nstripes_; ++i)
+    if ((seqs[i] & 1) || stripe(i).s_change_seq.load(std::memory_order_acquire) != seqs[i])
+      return false;
+  return true;
 }
 
 Stats Dict::stats() {

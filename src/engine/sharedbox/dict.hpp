@@ -158,7 +158,14 @@ class Dict {
   uint64_t exact_size();        // the keys present at one instant (len())
   // All keys.  atomic=true: every stripe locked at once (a snapshot).
   // atomic=false: one stripe at a time (weakly consistent, each key whole).
-  std::vector<std::string> keys(bool atomic);
+  // key_set_seqs (if given) receives each stripe's s_change_seq as it was
+  // when that stripe's keys were collected; see key_set_unchanged().
+  std::vector<std::string> keys(bool atomic, std::vector<uint64_t>* key_set_seqs = nullptr);
+  // Whether no key was inserted or deleted since keys() returned these
+  // sequences (each stripe's s_change_seq moves on every insert and delete,
+  // and recovery moves it too).  If so, that key list is the set of keys
+  // present at the instant of this check: a point-in-time snapshot.
+  bool key_set_unchanged(const std::vector<uint64_t>& seqs) const;
   Stats stats();
   // Checks every invariant under all locks; returns the violations (empty = OK).
   std::vector<std::string> check_integrity();
