@@ -236,3 +236,21 @@ def test_key_list_is_rebuilt_after_inserts_and_deletes_elsewhere(name):
     del d["new"]
     assert "new" not in d.keys_atomic() and "new" not in list(d.keys())
     d.close()
+
+
+def test_len_follows_inserts_and_deletes_from_another_process(name):
+    """len() answers from its last count while no insert or delete has begun
+    since (the segment's key-set epoch); every change, from any process, shows."""
+    import subprocess
+    import sys
+
+    d = SharedDict(name, {f"k{i}": i for i in range(10)}, size=1 << 20, max_keys=100)
+    assert len(d) == 10 and len(d) == 10  # the second answer comes from the kept count
+    d["k1"] = "overwritten"  # not an insert
+    assert len(d) == 10
+    for change, expected in (("d['new'] = 1", 11), ("del d['k2']; del d['k3']", 9)):
+        script = (f"from sharedbox import SharedDict\n"
+                  f"d = SharedDict({name!r}, create=False)\n{change}\nd.close()\n")
+        subprocess.run([sys.executable, "-c", script], check=True)
+        assert len(d) == expected
+    d.close()

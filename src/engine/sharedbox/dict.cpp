@@ -280,7 +280,30 @@ void end_change(Stripe& s) {
 // (or was odd) meanwhile: every stripe was then quiet, with its count equal to
 // its keys, at the instant between the two passes.  A few tries lock-free,
 // then under every stripe lock, which stops all writers for one pass.
+//
+// The answer is kept with the h_keyset_epoch read before counting, if the
+// epoch was the same after: no insert or delete began meanwhile, so the count
+// held throughout.  While the epoch stays there, no insert or delete has
+// published since (each moves it first), so the kept count is still the
+// number of keys present: len() is then one shared load.
 uint64_t Dict::exact_size() {
+  const uint64_t epoch = hdr_->h_keyset_epoch.load(std::memory_order_seq_cst);
+  if (len_epoch_.load(std::memory_order_acquire) == epoch) {
+    uint64_t n = len_count_.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (len_epoch_.load(std::memory_order_relaxed) == epoch) return n;
+  }
+  const uint64_t n = count_keys();
+  if (hdr_->h_keyset_epoch.load(std::memory_order_seq_cst) == epoch) {
+    len_epoch_.store(kNoEpoch, std::memory_order_relaxed);  // other threads: not now
+    std::atomic_thread_fence(std::memory_order_release);
+    len_count_.store(n, std::memory_order_relaxed);
+    len_epoch_.store(epoch, std::memory_order_release);
+  }
+  return n;
+}
+
+uint64_t Dict::count_keys() {
   std::vector<uint64_t> seen(nstripes_);
   for (int attempt = 0; attempt < 16; ++attempt) {
     uint64_t n = 0;
@@ -660,6 +683,7 @@ bool Dict::update(const KeyRef& k, UpdateFn& fn) {
     SBX_CRASH_POINT(put_record_written);
     // Publish: one store makes the complete record visible.
     if (!p.found) {
+      hdr_->h_keyset_epoch.fetch_add(1, std::memory_order_seq_cst);  // before publishing
       begin_change(s);
       SBX_CRASH_POINT(put_change_begun);
     }
@@ -765,6 +789,7 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   j.j_op.store(kOpErase, std::memory_order_release);
   SBX_CRASH_POINT(erase_journal_open);
 
+  hdr_->h_keyset_epoch.fetch_add(1, std::memory_order_seq_cst);  // before publishing
   begin_change(s);
   SBX_CRASH_POINT(erase_change_begun);
   table_slots(ref)[p.idx].store(kSlotTomb, std::memory_order_release);

@@ -222,6 +222,7 @@ class Dict {
   void check_fits(const KeyRef& k, uint64_t vmax) const;
   void notify_change(Stripe& s);
   bool reserve_key();
+  uint64_t count_keys();  // exact_size()'s double collect
   void recount();
 
   uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top = false);
@@ -254,6 +255,11 @@ class Dict {
   uint64_t hash_seed_, max_keys_;
   uint32_t creator_pid_, mode_;
   uint64_t created_unix_ns_;
+  // exact_size()'s last count and the h_keyset_epoch it holds for
+  // (process-local; len_epoch_ is kNoEpoch while being replaced).
+  static constexpr uint64_t kNoEpoch = ~uint64_t(0);
+  std::atomic<uint64_t> len_epoch_{kNoEpoch};
+  std::atomic<uint64_t> len_count_{0};
 };
 
 // The SegmentFull message for a /dev/shm that has no memory left (errno e).

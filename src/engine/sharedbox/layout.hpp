@@ -18,6 +18,7 @@
 //   SegmentHeader identity        creator, before h_ready       everyone, after h_ready
 //   h_reserved_keys               any writer, atomic RMW        writers (max_keys check)
 //   h_recount_needed              recovery; recount (all locks) writers on TooManyKeys
+//   h_keyset_epoch                inserting/deleting writers    len() (seq_cst)
 //   AllocState, bitmap            alloc-lock holder             alloc-lock holder
 //   a_reserved_low/_high          alloc-lock holder             alloc-lock holder
 //   a_class_hint                  alloc-lock holder             alloc-lock holder
@@ -189,6 +190,12 @@ struct SegmentHeader {
   // crash can only leave it too high; recovery then sets h_recount_needed and
   // the next writer refused for lack of keys recounts under all stripe locks.
   alignas(kCacheLine) std::atomic<uint64_t> h_reserved_keys;
+  // Moves (seq_cst RMW) before every insert or delete publishes, on the line
+  // that h_reserved_keys already makes those writers share.  A process that
+  // counted the keys between two equal readings of it may answer len() from
+  // that count while it stays unchanged (Dict::exact_size).  A writer that
+  // dies after moving it costs only a recount.
+  std::atomic<uint64_t> h_keyset_epoch;
   std::atomic<uint32_t> h_recount_needed;
   std::atomic<uint32_t> h_recoveries;  // number of dead-owner repairs, for stats
 
