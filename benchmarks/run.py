@@ -57,7 +57,7 @@ QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
 
 # incr: increments per process (divided per variant, systems.py incr_variants);
 # wait: ping-pong round trips per run and seconds of each idle wait
-FULL.update(incr_n=100_000, incr_procs=[1, 2, 4], wait_rounds=2_000, idle_seconds=1.0)
+FULL.update(incr_n=300_000, incr_procs=[1, 2, 4], wait_rounds=2_000, idle_seconds=1.0)
 QUICK.update(incr_n=5_000, incr_procs=[1, 2], wait_rounds=200, idle_seconds=0.2)
 
 
