@@ -142,7 +142,8 @@ def markdown(data) -> str:
         f"± is half the min–max range. Whole run: {data.get('seconds', '?')} s.\n\n"
     )
     parts.append("### Targets\n")
-    parts.append(_table(["target", "this run", "goal", ""], [list(t) for t in targets(data)]))
+    parts.append(_table(["target", "this run", "goal", ""],
+                        [list(t) for t in targets(data) + coord_targets(data)]))
 
     small = data["results"].get("small", {})
     if small:
@@ -277,6 +278,7 @@ def markdown(data) -> str:
                              fmt_ratio(median(bulk) / median(loop))])
         parts.append(_table(["operation", "by hand / loop", "RedisDict", "ratio"], rows))
 
+    parts.append(coord_markdown(data))
     parts.append("\n### Versions\n\n")
     parts.append("\n".join(f"- {labels[s]}: {v}" for s, v in data["versions"].items()) + "\n")
     if data["skipped"]:
@@ -285,6 +287,156 @@ def markdown(data) -> str:
     if data["errors"]:
         parts.append("\nFailed: " + "; ".join(
             f"{k} ({v.strip().splitlines()[0][:200]})" for k, v in data["errors"].items()) + "\n")
+    return "".join(parts)
+
+
+# -- issue 12's coordination API: counters and waiting (jobs incr, wait) -----------
+# (system, variant) -> row title of the incr table, in table order
+INCR_ROWS = [
+    ("sharedbox", "incr", "sharedbox `d.incr(k)`"),
+    ("sharedbox", "cas", "sharedbox `compare_and_set(k, v, v + 1)` retry loop"),
+    ("sharedbox", "lock", "sharedbox `with d.lock(\"counter\"): d[k] += 1`"),
+    ("redis", "hincrby", "Redis `r.hincrby(h, k, 1)` (redis-py)"),
+    ("ultradict", "lock", "UltraDict(shared_lock=True): `with d.lock: d[k] += 1`"),
+    ("manager", "lock", "Manager().dict() + Manager().Lock(): `with lock: d[k] += 1`"),
+]
+
+
+def fmt_rate(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M/s"
+    if x >= 1e3:
+        return f"{x / 1e3:.1f} k/s"
+    return f"{x:.0f} /s"
+
+
+def _incr_rows(data):
+    """(system, variant, title, results) for every measured row."""
+    res = data["results"].get("incr", {})
+    for system, variant, title in INCR_ROWS:
+        r = res.get(system, {})
+        if f"{variant}_n" in r:
+            yield system, variant, title, r
+
+
+def _totals_exact(data) -> tuple:
+    """(runs, all exact) over every incr run of every system."""
+    runs, exact = 0, True
+    for _, variant, _, r in _incr_rows(data):
+        n = r[f"{variant}_n"]
+        for c in data["config"].get("incr_procs", []):
+            for total in r.get(f"{variant}_{c}_totals", []):
+                runs += 1
+                exact = exact and total == c * n
+    return runs, exact
+
+
+def _idle_cpu_per_s(res, mode):
+    cpu, secs = res.get(f"{mode}_cpu"), res.get(f"{mode}_idle_s")
+    if not cpu or not secs:
+        return None
+    return median([c / s for c, s in zip(cpu, secs)])  # ns of CPU per second of waiting
+
+
+def coord_targets(data) -> list:
+    out = []
+
+    def add(what, value, goal, ok):
+        out.append((what, "not measured" if value is None else value, goal,
+                    "—" if value is None else ("met" if ok else "**not met**")))
+
+    res = data["results"].get("incr", {})
+    ours = res.get("sharedbox", {})
+    for c in data["config"].get("incr_procs", []):
+        mine = ours.get(f"incr_{c}")
+        others = [(median(r[f"{v}_{c}"]), data["labels"].get(s, s))
+                  for s, v, t, r in _incr_rows(data) if s != "sharedbox" and r.get(f"{v}_{c}")]
+        if not mine or not others:
+            add(f"incr of one counter from {c} process{'es' if c > 1 else ''}: sharedbox "
+                "`d.incr` ÷ the fastest other system", None, "> 1×", False)
+            continue
+        best, title = max(others)
+        r = median(mine) / best
+        add(f"incr of one counter from {c} process{'es' if c > 1 else ''}: sharedbox "
+            "`d.incr` ÷ the fastest other system",
+            f"{fmt_ratio(r)} ({fmt_rate(median(mine))} vs {title}'s "
+            f"{fmt_rate(best)})", "> 1×", r > 1)
+    runs, exact = _totals_exact(data)
+    add("incr: every run's final total = processes × increments, every system",
+        f"{runs} runs, {'all exact' if exact else 'NOT ALL EXACT'}" if runs else None,
+        "exact", exact)
+    w = data["results"].get("wait", {}).get("sharedbox", {})
+    for stat, goal, limit in (("median", "≤ 50 µs", 50e3), ("p99", "≤ 1 ms", 1e6)):
+        samples = w.get(f"wait_{stat}")
+        v = median(samples) if samples else None
+        add(f"`d.wait` latency, set in one process to wait returning in another ({stat})",
+            v and fmt_ns(v), goal, v is not None and v <= limit)
+    v = _idle_cpu_per_s(w, "wait")
+    add("CPU of a process waiting in `d.wait` while nothing changes, per second",
+        v and fmt_ns(v), "≤ 1 ms", v is not None and v <= 1e6)
+    return out
+
+
+def coord_markdown(data) -> str:
+    cfg = data["config"]
+    parts = []
+    rows = list(_incr_rows(data))
+    if rows:
+        procs = cfg["incr_procs"]
+        parts.append(
+            "\n### Counters: one key incremented from many processes (increments/s, all "
+            "processes together)\n\nEach process increments the same key N times, "
+            "starting at the same moment; the figure is all increments over the time from "
+            "the start to the last process's end. After every run the counter must hold "
+            "exactly processes × N, or the suite fails. Slow systems do fewer increments "
+            "per process (N in the last column).\n\n"
+        )
+        table = []
+        for system, variant, title, r in rows:
+            n = r[f"{variant}_n"]
+            row = [title]
+            totals = []
+            for c in procs:
+                samples = r.get(f"{variant}_{c}")
+                row.append(fmt_rate(median(samples)) + spread(samples) if samples else "—")
+                got = r.get(f"{variant}_{c}_totals", [])
+                if got:
+                    ok = all(t == c * n for t in got)
+                    totals.append(f"{got[0]:,}" + ("" if ok else " **WRONG**"))
+            row.append(f"{n:,}; " + " / ".join(totals))
+            table.append(row)
+        parts.append(_table(["system, code"] + [f"{c} process{'es' if c > 1 else ''}"
+                                                for c in procs]
+                            + ["N per process; final total (every run)"], table))
+
+    w = data["results"].get("wait", {}).get("sharedbox")
+    if w:
+        secs = cfg.get("idle_seconds", 1.0)
+        parts.append(
+            f"\n### Waiting for a change: latency and CPU\n\n{w['rounds']:,} round trips "
+            "per run: the setter sleeps a random 0.1–1.1 ms, stores CLOCK_MONOTONIC (ns) as "
+            "the value and waits for an acknowledgement; the waiter records CLOCK_MONOTONIC "
+            "when it returns, minus the stored stamp. `d.wait`: `v = d.version(k)` taken "
+            "before reading, then `v = d.wait(k, v)`; polling: `while d.get(k) == old: "
+            f"time.sleep(0.001)`. CPU: `time.process_time()` around a {secs:g} s wait on "
+            "a key nothing changes, in the waiting process, with its voluntary context "
+            "switches; `time.sleep` is the machine's floor for one sleep.\n\n"
+        )
+        table = []
+        for mode, title in (("wait", "`d.wait(k, v)` (futex in the segment)"),
+                            ("poll", "polling loop, `time.sleep(0.001)`"),
+                            ("sleep", f"`time.sleep({secs:g})` (CPU floor only)")):
+            row = [title]
+            for stat in ("median", "p99", "max"):
+                samples = w.get(f"{mode}_{stat}")
+                row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
+            cpu = w.get(f"{mode}_cpu")
+            row.append(fmt_ns(median(cpu)) + spread(cpu) if cpu else "—")
+            sw = w.get(f"{mode}_switches")
+            row.append(f"{median(sw):.0f}" if sw else "—")
+            table.append(row)
+        parts.append(_table(["waiter", "latency, median", "p99", "max",
+                             f"CPU of a {secs:g} s idle wait", "context switches"], table))
     return "".join(parts)
 
 

@@ -40,6 +40,12 @@ JOBS = {
     # RedisDict against hand-written redis-py on the same server, both timed in
     # the same processes (worker.py: *_redisdict)
     "redisdict": ["redisdict"],
+    # issue 12's coordination API: one counter incremented from 1, 2, 4
+    # processes (each system's own atomic or locked way), and how soon and at
+    # what CPU cost a waiting process sees a change (sharedbox only: wait
+    # against a 1 ms polling loop)
+    "incr": ["sharedbox", "manager", "ultradict", "redis"],
+    "wait": ["sharedbox"],
 }
 
 FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
@@ -48,6 +54,11 @@ FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64
 QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
              burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2],
              bulk_keys=1_000)
+
+# incr: increments per process (divided per variant, systems.py incr_variants);
+# wait: ping-pong round trips per run and seconds of each idle wait
+FULL.update(incr_n=300_000, incr_procs=[1, 2, 4], wait_rounds=2_000, idle_seconds=1.0)
+QUICK.update(incr_n=5_000, incr_procs=[1, 2], wait_rounds=200, idle_seconds=0.2)
 
 
 class WorkerFailed(Exception):
@@ -236,6 +247,10 @@ class Runner:
                 if job == "small":
                     owner.send("delete")
                     out["results"].update(owner.expect("result", timeout)["results"])
+            elif job == "incr":
+                out["results"].update(self.incr(system, owner, workers, timeout))
+            elif job == "wait":
+                out["results"].update(self.wait(system, owner, workers, timeout))
             else:
                 out["results"].update(self.scale(job, system, workers, timeout))
             owner.send("stop")
@@ -272,6 +287,80 @@ class Runner:
             results[f"{label}_{count}"] = samples
         return results
 
+    def incr(self, system: str, owner: Worker, workers: list, timeout: float) -> dict:
+        """Each count of processes increments one counter, every variant of
+        the system, `repeats` times; every run's final total must be exactly
+        processes x N.  Throughput: all increments over the span from the
+        common start to the last process's end."""
+        cfg = self.cfg
+        results: dict = {}
+        for count in cfg["incr_procs"]:
+            group = [self.start(self.spec("incr", system, "incr_worker", index=i))
+                     for i in range(count)]
+            workers.extend(group)
+            for w in group:
+                w.expect("version", timeout)
+                w.expect("attached", timeout)
+            for variant, divisor in systems.SYSTEMS[system].incr_variants.items():
+                n = max(cfg["min_ops"], cfg["incr_n"] // divisor)
+                rates, totals = [], []
+                for _ in range(cfg["repeats"]):
+                    owner.send("reset")
+                    owner.expect("reset", timeout)
+                    start = time.monotonic_ns() + 100_000_000  # all start together
+                    for w in group:
+                        w.send(f"go {variant} {n} {start}")
+                    bursts = [w.expect("burst", timeout) for w in group]
+                    owner.send("total")
+                    total = owner.expect("total", timeout)["total"]
+                    if total != count * n:
+                        raise WorkerFailed(
+                            f"LOST UPDATES: {system} {variant}, {count} processes x {n:,} "
+                            f"increments left the counter at {total!r}, not {count * n:,}")
+                    totals.append(total)
+                    span = max(b["t1"] for b in bursts) - min(b["t0"] for b in bursts)
+                    rates.append(count * n / span * 1e9)
+                results[f"{variant}_{count}"] = rates
+                results[f"{variant}_{count}_totals"] = totals
+                results[f"{variant}_n"] = n
+            for w in group:
+                w.send("stop")
+                w.finish()
+        owner.send("end")
+        return results
+
+    def wait(self, system: str, owner: Worker, workers: list, timeout: float) -> dict:
+        """A ping-pong of wait_rounds changes between the owner (setter) and a
+        waiter, with d.wait and with a 1 ms polling loop, `repeats` times;
+        then the CPU of idle waits of idle_seconds."""
+        cfg = self.cfg
+        waiter = self.start(self.spec("wait", system, "waiter"))
+        workers.append(waiter)
+        waiter.expect("version", timeout)
+        waiter.expect("attached", timeout)
+        results: dict = {}
+        for mode in ("wait", "poll"):
+            for _ in range(cfg["repeats"]):
+                owner.send(f"ping {cfg['wait_rounds']}")
+                owner.expect("armed", timeout)
+                waiter.send(f"pong {mode} {cfg['wait_rounds']}")
+                got = waiter.expect("latencies", timeout)
+                owner.expect("pinged", timeout)
+                for stat in ("median", "p99", "max"):
+                    results.setdefault(f"{mode}_{stat}", []).append(got[stat])
+        for mode in ("wait", "poll", "sleep"):
+            for _ in range(cfg["repeats"]):
+                waiter.send(f"idle {mode} {cfg['idle_seconds']}")
+                got = waiter.expect("idle", timeout)
+                results.setdefault(f"{mode}_cpu", []).append(got["cpu_ns"])
+                results.setdefault(f"{mode}_switches", []).append(got["switches"])
+                results.setdefault(f"{mode}_idle_s", []).append(got["seconds"])
+        results["rounds"] = cfg["wait_rounds"]
+        waiter.send("stop")
+        waiter.finish()
+        owner.send("end")
+        return results
+
     def cleanup(self) -> None:
         """Remove whatever a failed worker left in /dev/shm."""
         for path in glob.glob(f"/dev/shm/*{self.prefix}_*"):
@@ -300,6 +389,8 @@ def parse_args(argv):
     p.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
     p.add_argument("--burst", type=float, help="seconds per timed burst in the scaling jobs")
     p.add_argument("--bulk-keys", type=int, help="keys of the redisdict job's update/items")
+    p.add_argument("--incr-procs", help="process counts of the incr job, e.g. 1,2,4,8")
+    p.add_argument("--wait-rounds", type=int, help="ping-pong round trips per run of the wait job")
     p.add_argument("--old-sharedbox-path", metavar="DIR",
                    help=f"a folder holding {OLD_SHAREDBOX} (pip install --target DIR), used "
                         "instead of creating .bench-venvs/ (e.g. on a machine without PyPI)")
@@ -315,6 +406,10 @@ def main(argv=None) -> int:
         cfg["burst_seconds"] = args.burst
     if args.bulk_keys:
         cfg["bulk_keys"] = args.bulk_keys
+    if args.incr_procs:
+        cfg["incr_procs"] = [int(x) for x in args.incr_procs.split(",")]
+    if args.wait_rounds:
+        cfg["wait_rounds"] = args.wait_rounds
     for name in ("readers", "writers"):
         if getattr(args, name):
             cfg[name] = [int(x) for x in getattr(args, name).split(",")]

@@ -147,6 +147,37 @@ class SharedBox(System):
         self.d.close()
         self.d.unlink()  # the spec's order: close, then unlink
 
+    # -- one counter incremented from many processes (job "incr") --------
+    # variant -> divisor of incr_n (slow variants time fewer increments)
+    incr_variants = {"incr": 1, "lock": 5, "cas": 1}
+
+    def incr_reset(self, key):
+        self.d[key] = 0
+
+    def incr_total(self, key):
+        return self.d[key]
+
+    def incr_incr_loop(self, key, n):
+        incr = self.d.incr
+        for _ in range(n):
+            incr(key)
+
+    def incr_lock_loop(self, key, n):
+        d = self.d
+        lock = d.lock("counter")
+        for _ in range(n):
+            with lock:
+                d[key] += 1
+
+    def incr_cas_loop(self, key, n):
+        d = self.d
+        cas = d.compare_and_set
+        for _ in range(n):
+            while True:
+                v = d[key]
+                if cas(key, v, v + 1):
+                    break
+
 
 class OldSharedBox(SharedBox):
     """The older public `sharedbox` (PyPI 0.2.4), run from its own venv."""
@@ -175,6 +206,11 @@ class Manager(System):
             pass
 
         _Server.register("get_store", callable=lambda: store, proxytype=DictProxy)
+        import threading
+        from multiprocessing.managers import AcquirerProxy
+
+        lock = threading.Lock()  # what Manager().Lock() serves (job "incr")
+        _Server.register("get_lock", callable=lambda: lock, proxytype=AcquirerProxy)
         address = os.path.join(tempfile.gettempdir(), f"{name}.manager.sock")
         if os.path.exists(address):
             os.unlink(address)
@@ -189,6 +225,9 @@ class Manager(System):
             pass
 
         _Client.register("get_store", proxytype=DictProxy)
+        from multiprocessing.managers import AcquirerProxy
+
+        _Client.register("get_lock", proxytype=AcquirerProxy)
         address = os.path.join(tempfile.gettempdir(), f"{name}.manager.sock")
         self.manager = _Client(address=address, authkey=name.encode())
         self.manager.connect()
@@ -200,6 +239,21 @@ class Manager(System):
     def destroy(self):
         self.d = None
         self.manager.shutdown()
+
+    # -- job "incr": the lock lives in the manager's server, like Manager().Lock()
+    incr_variants = {"lock": 200}
+
+    def incr_reset(self, key):
+        self.d[key] = 0
+
+    def incr_total(self, key):
+        return self.d[key]
+
+    def incr_lock_loop(self, key, n):
+        d, lock = self.d, self.manager.get_lock()
+        for _ in range(n):
+            with lock:
+                d[key] += 1
 
 
 class UltraDictSystem(System):
@@ -232,6 +286,21 @@ class UltraDictSystem(System):
 
     def destroy(self):
         self.d.unlink()
+
+    # -- job "incr": `with d.lock: d[k] += 1` (shared_lock=True, see create)
+    incr_variants = {"lock": 20}
+
+    def incr_reset(self, key):
+        self.d[key] = 0
+
+    def incr_total(self, key):
+        return self.d[key]
+
+    def incr_lock_loop(self, key, n):
+        d = self.d
+        for _ in range(n):
+            with d.lock:
+                d[key] += 1
 
 
 class SharedMemoryDictSystem(System):
@@ -458,6 +527,20 @@ class Redis(System):
 
     def get_array(self, key, shape, dtype):
         return pickle.loads(self.r.get(key))
+
+    # -- job "incr": HINCRBY on a field of one hash, atomic in the server
+    incr_variants = {"hincrby": 50}
+
+    def incr_reset(self, key):
+        self.r.hset(self.prefix + "counters", key, 0)
+
+    def incr_total(self, key):
+        return int(self.r.hget(self.prefix + "counters", key))
+
+    def incr_hincrby_loop(self, key, n):
+        r, h = self.r, self.prefix + "counters"
+        for _ in range(n):
+            r.hincrby(h, key, 1)
 
 
 class RedisDictSystem(System):

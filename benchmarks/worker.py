@@ -349,6 +349,159 @@ ROLES = {
 }
 
 
+# -- coordination: one counter from many processes (job "incr") -----------------
+COUNTER = "counter"
+
+
+def owner_incr(system, job) -> None:
+    """Creates the counter, then resets it and reports its total when told,
+    so that the parent can check every run's final total."""
+    system.incr_reset(COUNTER)
+    emit("ready", results={})
+    while True:
+        cmd = command()
+        if cmd == "reset":
+            system.incr_reset(COUNTER)
+            emit("reset")
+        elif cmd == "total":
+            emit("total", total=system.incr_total(COUNTER))
+        else:
+            require(cmd == "end", f"protocol: {cmd!r}")
+            return
+
+
+def incrementer(system, job) -> None:
+    """On 'go VARIANT N START_NS': waits until CLOCK_MONOTONIC reaches
+    START_NS (the same moment in every process of the group), then increments
+    the counter N times the variant's way."""
+    emit("attached")
+    while True:
+        cmd = command().split()
+        if cmd[0] == "stop":
+            break
+        variant, n, start = cmd[1], int(cmd[2]), int(cmd[3])
+        loop = getattr(system, f"incr_{variant}_loop")
+        gc.collect()
+        gc.disable()
+        try:
+            while time.monotonic_ns() < start:
+                time.sleep(0.0005)
+            t0 = time.monotonic_ns()
+            loop(COUNTER, n)
+            t1 = time.monotonic_ns()
+        finally:
+            gc.enable()
+        emit("burst", ops=n, t0=t0, t1=t1)
+    system.close()
+
+
+# -- coordination: how soon a waiter sees a set, and what waiting costs (job "wait")
+def _percentile(sorted_values: list, q: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def owner_wait(system, job) -> None:
+    """The setter of the ping-pong.  On 'ping ROUNDS': ROUNDS times, sleeps a
+    random 0.1-1.1 ms (so that the waiter is asleep, at a random phase of a
+    polling loop), stores CLOCK_MONOTONIC in ns as the value of "ping", and
+    waits for the waiter's "ack", so that every change is observed."""
+    d = system.d
+    rng = random.Random(5)
+    emit("ready", results={})
+    while True:
+        cmd = command().split()
+        if cmd[0] == "end":
+            return
+        require(cmd[0] == "ping", f"protocol: {cmd!r}")
+        rounds = int(cmd[1])
+        v_ack = d.version("ack")
+        emit("armed")
+        d.wait("ack", v_ack, timeout=60)  # the waiter is ready
+        for _ in range(rounds):
+            v_ack = d.version("ack")  # before the set, so no ack is missed
+            time.sleep(rng.uniform(0.0001, 0.0011))
+            d["ping"] = time.monotonic_ns()
+            d.wait("ack", v_ack, timeout=60)
+        emit("pinged")
+
+
+def waiter(system, job) -> None:
+    """On 'pong MODE ROUNDS': sees ROUNDS changes of "ping", either with
+    d.wait (the version taken before the read) or with a 1 ms polling loop,
+    and records CLOCK_MONOTONIC at the return minus the setter's stamp.
+    On 'idle MODE SECONDS': the CPU time of waiting SECONDS for a key that
+    never changes (process_time and voluntary context switches)."""
+    import resource
+
+    d = system.d
+    emit("attached")
+    while True:
+        cmd = command().split()
+        if cmd[0] == "stop":
+            break
+        if cmd[0] == "pong":
+            mode, rounds = cmd[1], int(cmd[2])
+            lat = []
+            gc.collect()
+            gc.disable()
+            try:
+                if mode == "wait":
+                    v = d.version("ping")
+                    d["ack"] = -1  # ready
+                    for i in range(rounds):
+                        v = d.wait("ping", v, timeout=60)
+                        t = time.monotonic_ns()
+                        lat.append(t - d["ping"])
+                        d["ack"] = i
+                else:
+                    old = d.get("ping")
+                    d["ack"] = -1
+                    for i in range(rounds):
+                        while d.get("ping") == old:
+                            time.sleep(0.001)
+                        t = time.monotonic_ns()
+                        old = d["ping"]
+                        lat.append(t - old)
+                        d["ack"] = i
+            finally:
+                gc.enable()
+            lat.sort()
+            require(len(lat) == rounds and lat[0] > 0, "latencies")
+            emit("latencies", median=_percentile(lat, 0.5), p99=_percentile(lat, 0.99),
+                 max=lat[-1], rounds=rounds)
+        else:
+            require(cmd[0] == "idle", f"protocol: {cmd!r}")
+            mode, seconds = cmd[1], float(cmd[2])
+            key = "idle"
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
+            c0, w0 = time.process_time_ns(), time.monotonic()
+            if mode == "wait":
+                try:
+                    d.wait(key, d.version(key), timeout=seconds)
+                    raise AssertionError("the idle key changed")
+                except TimeoutError:
+                    pass
+            elif mode == "poll":
+                old = d.get(key)
+                deadline = w0 + seconds
+                while d.get(key) == old and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            else:  # "sleep": what the machine charges for one sleep, the floor
+                time.sleep(seconds)
+            cpu, wall = time.process_time_ns() - c0, time.monotonic() - w0
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            emit("idle", cpu_ns=cpu, seconds=wall, switches=ru1.ru_nvcsw - ru0.ru_nvcsw)
+    system.close()
+
+
+ROLES.update({
+    ("owner", "incr"): owner_incr,
+    ("incr_worker", "incr"): incrementer,
+    ("owner", "wait"): owner_wait,
+    ("waiter", "wait"): waiter,
+})
+
+
 def main() -> None:
     job = json.loads(sys.argv[1])
     system = systems.make(job["system"])

@@ -25,7 +25,7 @@ def test_quick_benchmark_runs(tmp_path):
     assert data["errors"] == {}
     results = data["results"]
     assert set(results) == {"small", "iterate", "numpy", "scale_read", "scale_write",
-                            "redisdict"}
+                            "redisdict", "incr", "wait"}
     small = results["small"]["sharedbox"]
     for metric in ("get_str", "get_int", "get_dict", "set_str", "contains_hit",
                    "contains_miss", "delete", "mix_90_10", "attach"):
@@ -36,6 +36,17 @@ def test_quick_benchmark_runs(tmp_path):
     assert results["numpy"]["sharedbox"]["get_1MiB"]
     assert set(results["scale_read"]["sharedbox"]) == {"readers_1", "readers_2"}
     assert set(results["scale_write"]["sharedbox"]) == {"writers_1", "writers_2"}
+    # The coordination jobs: every run's counter was exact (the suite fails
+    # otherwise), and the wait job measured latency and idle CPU.
+    incr = results["incr"]["sharedbox"]
+    for variant in ("incr", "cas", "lock"):
+        n = incr[f"{variant}_n"]
+        for count in data["config"]["incr_procs"]:
+            assert all(x > 0 for x in incr[f"{variant}_{count}"])
+            assert incr[f"{variant}_{count}_totals"] == [count * n] * data["config"]["repeats"]
+    wait = results["wait"]["sharedbox"]
+    for metric in ("wait_median", "wait_p99", "poll_median", "wait_cpu", "poll_cpu"):
+        assert len(wait[metric]) == data["config"]["repeats"] and all(x > 0 for x in wait[metric])
     table = (out / "results.md").read_text()
     assert "### Targets" in table and "| sharedbox |" in table
     # The segments and stores the run made are gone.
