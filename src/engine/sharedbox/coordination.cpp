@@ -23,12 +23,14 @@ constexpr uint32_t kWaitCountMask = 0x7FFF'FFFFu;
 
 // Sleeps while *word == expected, at most timeout_s; returns on a wake, a
 // change, a signal or the timeout.  Not FUTEX_PRIVATE: the word is shared
-// between processes.
-void futex_wait(std::atomic<uint32_t>* word, uint32_t expected, double timeout_s) {
+// between processes.  Returns false if a signal interrupted the sleep.
+bool futex_wait(std::atomic<uint32_t>* word, uint32_t expected, double timeout_s) {
   struct timespec ts;
   ts.tv_sec = time_t(timeout_s);
   ts.tv_nsec = long((timeout_s - double(ts.tv_sec)) * 1e9);
-  ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
+  long rc = ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts,
+                      nullptr, 0);
+  return !(rc != 0 && errno == EINTR);
 }
 
 void futex_wake_all(std::atomic<uint32_t>* word) {
@@ -99,7 +101,9 @@ bool Dict::wait_change(const KeyRef& k, uint64_t seen, double timeout_s, uint64_
     clock_gettime(CLOCK_REALTIME, &t);
     double left = double(until.tv_sec - t.tv_sec) + double(until.tv_nsec - t.tv_nsec) * 1e-9;
     if (left <= 0) return false;
-    futex_wait(&s.s_wait_word, w, left);
+    // A signal ends the wait early, so that the caller can run its handler
+    // (Python's Ctrl-C) and decide whether to wait again.
+    if (!futex_wait(&s.s_wait_word, w, left)) return false;
   }
 }
 

@@ -142,8 +142,8 @@ class Dict {
   bool version(const KeyRef& k, uint64_t* v);
   // Waits until the key's version differs from `seen` (0: absent), using no
   // CPU while it waits (a futex), at most timeout_s.  true and *now = the
-  // version (0: absent) if it changed; false on timeout.  Callers that must
-  // react to signals wait in slices.
+  // version (0: absent) if it changed; false on timeout, or early when a
+  // signal arrives (so that the caller can handle it and wait again).
   bool wait_change(const KeyRef& k, uint64_t seen, double timeout_s, uint64_t* now);
   // Named cross-process locks: the slot for a name (claimed on first use;
   // Errc::TooManyLocks when none is left), then lock/unlock by slot.
