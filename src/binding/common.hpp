@@ -22,7 +22,12 @@ constexpr uint64_t kInlineBytes = 256;
 // Python objects supplied by the pure-Python layer at import time.
 struct Registry {
   PyObject* errors[16] = {};  // indexed by sbx::Errc, plus kClosedIndex
-  PyObject* pickle_dumps = nullptr;
+  // pickle's own (C) dumps and loads, called directly on the hot path; on an
+  // error the Python helpers below run instead, to raise the codec's error.
+  PyObject* c_dumps = nullptr;
+  PyObject* c_loads = nullptr;
+  PyObject* protocol = nullptr;      // the int PICKLE_PROTOCOL (5)
+  PyObject* pickle_dumps = nullptr;  // sharedbox._codec.dumps / loads
   PyObject* pickle_loads = nullptr;
   PyObject* array_header = nullptr;
   PyObject* array_new = nullptr;

@@ -141,6 +141,11 @@ NB_MODULE(_core, m) {
                          nb::object array_new) {
     g.pickle_dumps = dumps.inc_ref().ptr();
     g.pickle_loads = loads.inc_ref().ptr();
+    nb::module_ pickle = nb::module_::import_("pickle");
+    nb::module_ codec_module = nb::module_::import_("sharedbox._codec");
+    g.c_dumps = pickle.attr("dumps").inc_ref().ptr();
+    g.c_loads = pickle.attr("loads").inc_ref().ptr();
+    g.protocol = codec_module.attr("PICKLE_PROTOCOL").inc_ref().ptr();
     g.array_header = array_header.inc_ref().ptr();
     g.array_new = array_new.inc_ref().ptr();
   });

@@ -121,7 +121,12 @@ class Encoded : public sbx::ValueSource {
           "this SharedDict was opened with allow_pickle=False: only None, bool, int64, "
           "float, str, bytes, memoryview and NumPy arrays (not of object dtype) can be "
           "stored");
-    nb::object data = nb::steal(PyObject_CallOneArg(g.pickle_dumps, v));
+    PyObject* args[] = {v, g.protocol};
+    nb::object data = nb::steal(PyObject_Vectorcall(g.c_dumps, args, 2, nullptr));
+    if (!data.is_valid()) {  // let the codec's helper raise its clear ValueError
+      PyErr_Clear();
+      data = nb::steal(PyObject_CallOneArg(g.pickle_dumps, v));
+    }
     if (!data.is_valid()) {
       // A buffer that pickle cannot carry (mmap, ...): store its bytes, as
       // for a memoryview.  Picklable buffers (bytearray, array.array) keep
@@ -300,7 +305,11 @@ class Sink : public sbx::ValueSink {
       throw_pickle_refused(
           "refusing to unpickle a stored value: this SharedDict was opened with "
           "allow_pickle=False (unpickling data from shared memory can run code)");
-    PyObject* obj = PyObject_CallOneArg(g.pickle_loads, data.ptr());
+    PyObject* obj = PyObject_CallOneArg(g.c_loads, data.ptr());
+    if (!obj) {  // let the codec's helper raise its clear ValueError
+      PyErr_Clear();
+      obj = PyObject_CallOneArg(g.pickle_loads, data.ptr());
+    }
     if (!obj) throw nb::python_error();
     return nb::steal(obj);
   }
