@@ -157,7 +157,8 @@ class Core {
   // deleted since (one read of each stripe's sequence), a copy of it is the
   // answer, for keys_atomic() too (see Dict::key_set_unchanged).  Overwrites
   // do not move the sequences, so iterating a dict whose values change
-  // rebuilds nothing.  Guarded by the GIL.
+  // rebuilds nothing.  Only lists of up to 262,144 keys are kept (their
+  // strings stay alive with the handle).  Guarded by the GIL.
   nb::list keys(bool atomic) {
     {
       Use d(this);
@@ -177,8 +178,14 @@ class Core {
       if (!o) throw nb::python_error();
       PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);
     }
-    keys_cache_ = out;
-    keys_cache_seqs_ = std::move(seqs);
+    // Kept only up to a size whose copy of the keys costs little memory.
+    constexpr size_t kMaxCachedKeys = 1 << 18;
+    if (ks.size() <= kMaxCachedKeys) {
+      keys_cache_ = out;
+      keys_cache_seqs_ = std::move(seqs);
+    } else {
+      keys_cache_ = nb::object();
+    }
     return nb::steal<nb::list>(PyList_GetSlice(out.ptr(), 0, PY_SSIZE_T_MAX));
   }
 
