@@ -600,7 +600,7 @@ def test_lock_whose_lease_ran_out_cannot_be_released(rd, client):
 def test_lock_of_a_killed_holder_is_recovered_after_its_lease(rd, url):
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=redis_children.hold_lock_forever, args=(url, rd.name, 1.5, ready))
+    p = ctx.Process(target=redis_children.hold_lock_forever, args=(url, rd.name, 3.0, ready))
     p.start()
     try:
         assert ready.wait(60)
