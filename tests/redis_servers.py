@@ -38,6 +38,14 @@ def free_port(cluster: bool = False) -> int:
     raise RuntimeError("no free loopback port found")
 
 
+def _env() -> dict:
+    """The environment for redis-server and redis-cli: without the sanitizer
+    runtimes that scripts/test-asan.sh preloads for our extension, which
+    have no business in Redis's own (jemalloc) processes."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
+
+
 def _exe(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -61,7 +69,7 @@ def ping(port: int, timeout: float = 1.0) -> bytes:
 def command(port: int, *args: str) -> str:
     out = subprocess.run(
         [_exe("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *args],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, env=_env(),
     )
     return out.stdout
 
@@ -87,7 +95,7 @@ class Server:
             [_exe("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no",
              *self.extra],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log, stderr=subprocess.STDOUT, env=_env(),
         )
         deadline = time.monotonic() + START_TIMEOUT
         while not ping(self.port).startswith(b"+PONG"):
@@ -138,7 +146,7 @@ class Cluster:
             out = subprocess.run(
                 [_exe("redis-cli"), "--cluster", "create", *addresses,
                  "--cluster-replicas", "0", "--cluster-yes"],
-                capture_output=True, text=True, timeout=60,
+                capture_output=True, text=True, timeout=60, env=_env(),
             )
             if out.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed:\n{out.stdout}{out.stderr}")

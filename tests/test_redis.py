@@ -505,6 +505,33 @@ def test_wait_for_creation_and_deletion(rd):
     assert rd.wait("k", timeout=30) is None
 
 
+def test_waiters_are_counted_only_while_they_wait(rd, client):
+    waiters = f"sharedbox:{{{rd.name}}}:waiters"
+    seen = []
+
+    def write_when_counted():
+        while not client.exists(waiters):
+            threading.Event().wait(0.01)
+        seen.append(int(client.get(waiters)))
+        rd["k"] = 1
+
+    t = threading.Thread(target=write_when_counted)
+    t.start()
+    assert rd.wait("k", None, timeout=60) is not None
+    t.join(60)
+    assert seen == [1] and not client.exists(waiters)  # writers stop publishing
+
+
+def test_clear_empties_each_shard_at_once_and_wakes_waiters(rd):
+    rd.update({f"k{i}": i for i in range(50)})
+    version = rd.version("k7")
+    threading.Timer(0.1, rd.clear).start()
+    assert rd.wait("k7", version, timeout=60) is None
+    assert len(rd) == 0 and rd.version("k3") is None and list(rd.items()) == []
+    rd["k7"] = "again"
+    assert rd.version("k7") not in (None, version)
+
+
 def test_wait_async(rd):
     rd["k"] = 1
 
@@ -573,7 +600,7 @@ def test_lock_whose_lease_ran_out_cannot_be_released(rd, client):
 def test_lock_of_a_killed_holder_is_recovered_after_its_lease(rd, url):
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=redis_children.hold_lock_forever, args=(url, rd.name, 1.5, ready))
+    p = ctx.Process(target=redis_children.hold_lock_forever, args=(url, rd.name, 3.0, ready))
     p.start()
     try:
         assert ready.wait(60)

@@ -1,4 +1,4 @@
-"""The ``sharedbox`` command line: list, info, dump, rm and demo.
+"""The ``sharedbox`` command line: list, info, dump, rm, copy (in _copy.py) and demo.
 
 Each command is one function taking the parsed arguments and returning an exit
 status.  Failures are reported by ``main`` as one line,

@@ -13,6 +13,8 @@ Keys (``T`` is the dict's name, or ``name#i`` for shard i when shards > 1)::
     sharedbox:{T}:ver             hash: key -> version (an int; absent = no key)
     sharedbox:{T}:seq             string: the shard's last version handed out;
                                   it exists while the dict does (writes check it)
+    sharedbox:{T}:waiters         string: how many wait() calls wait on the shard;
+                                  writers publish notices only while it exists
     sharedbox:{name}:locks        set: names of the dict's locks (for unlink)
     sharedbox:{name}:lock:L       string: lock L's holder token, with a lease (PX)
     sharedbox:{name}:owner:L      string: lock L's last holder, without expiry;
@@ -141,24 +143,23 @@ _PUT_MANY = """
 local ver = redis.call('INCR', KEYS[3])
 if ver == 1 then redis.call('DEL', KEYS[3]) return -2 end
 local n, limit = (#ARGV - 1) / 2, tonumber(ARGV[1])
-local fields = {}
-for i = 2, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
 local len = redis.call('HLEN', KEYS[1])
 if len + n > limit then
+  local fields = {}
+  for i = 2, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
   local new, cur = 0, redis.call('HMGET', KEYS[1], unpack(fields))
   for i = 1, #cur do if not cur[i] then new = new + 1 end end
   if len + new > limit then return -1 end
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-local versions = {}
-for i = 1, n do
-  versions[2 * i - 1] = fields[i]
-  versions[2 * i] = ver
+local versions, j = {}, 0
+for i = 2, #ARGV, 2 do
+  versions[j + 1], versions[j + 2], j = ARGV[i], ver, j + 2
 end
 redis.call('HSET', KEYS[2], unpack(versions))
 if redis.call('EXISTS', KEYS[4]) == 1 then
   local chan = KEYS[1] .. ':w:'
-  for i = 1, n do redis.call('PUBLISH', chan .. fields[i], ver) end
+  for i = 2, #ARGV, 2 do redis.call('PUBLISH', chan .. ARGV[i], ver) end
 end
 return 1
 """
@@ -587,21 +588,24 @@ class RedisDict(MutableMapping):
         except _NoScriptError:
             return script(keys=keys_and_args[:nkeys], args=keys_and_args[nkeys:], client=r)
 
+    def _direct_conn(self) -> Any:
+        """This thread's own connection to the server (made on first use)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():  # new thread, or a forked child
+            conn = self._client().connection_pool.make_connection()
+            with self._conns_lock:
+                self._conns.add(conn)
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
     def _call_direct(self, *args: Any) -> Any:
         """One command on this thread's own connection (one server, not a
         cluster).  The single-key operations go this way: redis-py's generic
         path (pool lock, a readiness poll, retry wrapper, reply callbacks)
         costs about as much client time as the round trip itself, and a
         RedisDict operation should cost what a hand-written HGET costs."""
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():  # new thread, or a forked child
-            if self._r is None:
-                self._client()
-            conn = self._r.connection_pool.make_connection()
-            with self._conns_lock:
-                self._conns.add(conn)
-            local.conn, local.pid = conn, os.getpid()
+        conn = self._direct_conn()
         try:
             conn.send_command(*args)
             return conn.read_response()
@@ -620,12 +624,14 @@ class RedisDict(MutableMapping):
     def _shard(self, field: bytes) -> _Shard:
         return self._shards[zlib.crc32(field) % self._nshards]
 
-    def _check_put(self, code: int, key: str) -> None:
+    def _check_put(self, code: int, batch: bool = False) -> None:
         if code == -1:
             raise TooManyKeysError(
                 f"RedisDict {self._name!r} holds max_keys={self._max_keys} keys"
                 + (f" ({self._limit} per shard)" if self._nshards > 1 else "")
-                + "; delete keys or create a dict with a larger max_keys. The dict is unchanged."
+                + "; delete keys or create a dict with a larger max_keys. "
+                + ("No key of this batch was stored (earlier batches of the same update() were)."
+                   if batch else "The dict is unchanged.")
             )
         if code == -2:
             raise SegmentNotFoundError(
@@ -670,7 +676,7 @@ class RedisDict(MutableMapping):
         except _RedisError as exc:
             self._fail(exc)
         if code < 0:
-            self._check_put(code, key)
+            self._check_put(code)
         return code
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -806,32 +812,40 @@ class RedisDict(MutableMapping):
         else:
             pairs = other
         # Later duplicates win, as in dict.update; each key is sent once.
-        pending: dict[bytes, tuple[str, bytes]] = {}
+        pending: dict[bytes, bytes] = {}
         for source in (pairs, kwds.items()):
             for key, value in source:
-                pending[_field(key)] = (key, encode(value, allow))
+                if type(key) is str:
+                    try:
+                        field = key.encode()
+                    except UnicodeEncodeError:
+                        field = _field(key)  # raises SharedDict's ValueError
+                else:
+                    field = _field(key)
+                pending[field] = encode(value, allow)
         self._put_fields(pending)
 
-    def _put_fields(self, pending: dict[bytes, tuple[str, bytes]]) -> None:
+    def _put_fields(self, pending: dict[bytes, bytes]) -> None:
+        """Store field -> encoded bytes, BATCH per script call, in order; the
+        first batch that fails stops the rest."""
         if not pending:
             return
         r = self._client()
         groups: dict[int, list] = {}
         if self._nshards == 1:
-            groups[0] = [x for field, (_, data) in pending.items() for x in (field, data)]
+            groups[0] = [x for item in pending.items() for x in item]
         else:
-            for field, (_, data) in pending.items():
+            for field, data in pending.items():
                 groups.setdefault(zlib.crc32(field) % self._nshards, []).extend((field, data))
         for index, flat in groups.items():
             s = self._shards[index]
             for start in range(0, len(flat), 2 * BATCH):
-                chunk = flat[start:start + 2 * BATCH]
                 try:
                     code = self._eval(self._put_many, r, 4, s.hash, s.ver, s.seq, s.waiters,
-                                      self._limit, *chunk)
+                                      self._limit, *flat[start:start + 2 * BATCH])
                 except _RedisError as exc:
                     self._fail(exc)
-                self._check_put(code, pending[chunk[0]][0])
+                self._check_put(code, True)
 
     def clear(self) -> None:
         """Remove every key (each shard at one instant)."""
@@ -1068,11 +1082,11 @@ class RedisDict(MutableMapping):
 
     def _put_raw_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         """Store many (key, encoded bytes) pairs, BATCH per script call."""
-        pending: dict[bytes, tuple[str, bytes]] = {}
+        pending: dict[bytes, bytes] = {}
         for key, data in items:
             data = bytes(data)
             _values.validate(data, self._allow_pickle)
-            pending[_values.key_bytes(key, "RedisDict")] = (key, data)
+            pending[_field(key)] = data
         self._put_fields(pending)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -1148,7 +1162,7 @@ class RedisDict(MutableMapping):
                     doomed += [_lock_key(self._name, "lock", lock_name),
                                _lock_key(self._name, "owner", lock_name)]
                 for s in self._shards:
-                    doomed += [s.hash, s.ver, s.seq]
+                    doomed += [s.hash, s.ver, s.seq, s.waiters]
                 pipe = r.pipeline(transaction=False)
                 for key in doomed:
                     pipe.delete(key)  # one key per command: they may sit on different nodes
