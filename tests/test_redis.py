@@ -30,8 +30,10 @@ from sharedbox import (
     PickleRefusedError,
     RedisDict,
     SegmentNotFoundError,
+    SegmentReplacedError,
     SharedDict,
     SharedDictClosedError,
+    SharedDictOpenError,
     TooManyKeysError,
     _core,
 )
@@ -66,7 +68,9 @@ def commands_processed(r):
 
 
 def test_public_api_matches_shareddict():
-    shm_only = {"segment_size", "stripes", "creator_pid"}  # properties of a segment
+    # Properties of a POSIX segment: its size, lock stripes, creator and
+    # permission bits (Redis controls access with AUTH/ACLs and TLS URLs).
+    shm_only = {"segment_size", "stripes", "creator_pid", "mode"}
     coordination = {"incr", "compare_and_set", "lock", "version", "wait", "wait_async"}
     shared = {n for n in dir(SharedDict) if not n.startswith("_")} - shm_only
     missing = (shared | coordination) - set(dir(RedisDict))
@@ -92,6 +96,8 @@ def test_one_dict_is_one_hash_with_documented_keys(rd, client):
                     f"sharedbox:{{{n}}}:seq"}
     assert client.type(f"sharedbox:{{{n}}}") == b"hash"
     meta = client.hgetall(f"sharedbox:{{{n}}}:meta")
+    identity = meta.pop(b"id")  # random, written once: tells this dict from a later namesake
+    assert len(identity) == 32 and int(identity, 16) >= 0
     assert meta == {b"format": b"sharedbox-dict", b"version": b"1", b"max_keys": b"1000",
                     b"shards": b"1"}
     stored = client.hgetall(f"sharedbox:{{{n}}}")
@@ -719,3 +725,42 @@ def test_a_missing_redis_server_fails_instead_of_skipping(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(RuntimeError, match="apt-get install redis-server"):
         redis_servers.Server()
+
+
+# -- identity: unlink() and is_current() act on the dict this handle opened -------
+
+
+def test_unlink_removes_only_the_dict_this_handle_opened(url):
+    name = unique_name()
+    old = RedisDict(name, {"a": 1}, url=url)
+    assert old.is_current()
+    with pytest.raises(SharedDictOpenError):
+        old.unlink()
+    old.close()
+    assert old.is_current()  # also on a closed handle
+    twin = RedisDict(name, url=url, create=False)
+    twin.close()
+    twin.unlink()
+    assert not old.is_current()
+    new = RedisDict(name, {"b": 2}, url=url)  # the name reused
+    assert not old.is_current() and new.is_current()
+    with pytest.raises(SegmentReplacedError):
+        old.unlink()
+    assert new["b"] == 2  # left alone
+    new.close()
+    new.unlink()
+    with pytest.raises(SegmentNotFoundError):
+        new.unlink()
+
+
+def test_temporary_is_deleted_on_close(url, client):
+    d = RedisDict.temporary({"k": 1}, url=url, max_keys=10)
+    name = d.name
+    assert d.created and d["k"] == 1 and name.startswith("sbx_tmp_")
+    assert client.exists(f"sharedbox:{{{name}}}:meta")
+    other = RedisDict(name, url=url, create=False)
+    other.close()  # an ordinary handle: closing it deletes nothing
+    assert client.exists(f"sharedbox:{{{name}}}:meta")
+    d.close()
+    assert not client.exists(f"sharedbox:{{{name}}}:meta")
+    assert not client.keys(f"sharedbox:{{{name}}}*")

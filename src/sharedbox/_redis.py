@@ -50,7 +50,9 @@ from .errors import (
     IncompatibleSegmentError,
     SegmentFullError,
     SegmentNotFoundError,
+    SegmentReplacedError,
     SharedDictClosedError,
+    SharedDictOpenError,
     TooManyKeysError,
 )
 
@@ -195,20 +197,22 @@ return 1
 """
 
 # KEYS: meta, seq of shard 0 when it shares meta's slot (else meta again).
-# ARGV: format, version, max_keys, shards, create ('1'/'0').
-# Returns {created, max_keys, shards, version, format} or an error string.
+# ARGV: format, version, max_keys, shards, create ('1'/'0'), a fresh identity.
+# Returns {created, max_keys, shards, version, format, identity} or an error.
+# The identity (random, written once) tells this dict from a later one that
+# reuses the name: unlink() and is_current() compare it.
 _OPEN = """
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t == 'none' then
   if ARGV[5] ~= '1' then return {-1} end
   redis.call('HSET', KEYS[1], 'format', ARGV[1], 'version', ARGV[2],
-             'max_keys', ARGV[3], 'shards', ARGV[4])
+             'max_keys', ARGV[3], 'shards', ARGV[4], 'id', ARGV[6])
   if KEYS[2] ~= KEYS[1] then redis.call('SET', KEYS[2], 1, 'NX') end
-  return {1, ARGV[3], ARGV[4], ARGV[2], ARGV[1]}
+  return {1, ARGV[3], ARGV[4], ARGV[2], ARGV[1], ARGV[6]}
 end
 if t ~= 'hash' then return {-2, t} end
-local m = redis.call('HMGET', KEYS[1], 'max_keys', 'shards', 'version', 'format')
-return {0, m[1], m[2], m[3], m[4]}
+local m = redis.call('HMGET', KEYS[1], 'max_keys', 'shards', 'version', 'format', 'id')
+return {0, m[1], m[2], m[3], m[4], m[5]}
 """
 
 # KEYS: lock, owner, locks set.  ARGV: token, lease ms, lock name.
@@ -320,6 +324,27 @@ class _Shard:
         self.hash, self.ver, self.seq = base, base + b":ver", base + b":seq"
         self.waiters = base + b":waiters"
         self.chan = base + b":w:"
+
+
+def _drop_temporary(where: tuple, options: dict, identity: Any, owner_pid: int) -> None:
+    """Deletes a temporary() dict, if this is still the process that made it
+    and the name still holds it (runs on close, collection or exit)."""
+    if os.getpid() != owner_pid:
+        return
+    url, name = where
+    try:
+        d = RedisDict(name, url=url, create=False, socket_timeout=options["socket_timeout"],
+                      socket_connect_timeout=options["socket_connect_timeout"],
+                      cluster=options["cluster"],
+                      connection_options=options["connection_options"])
+    except Exception:  # already gone, or the server is: nothing to do
+        return
+    d._identity = identity  # unlink only the dict temporary() made
+    d.close()
+    try:
+        d.unlink()
+    except Exception:
+        pass
 
 
 def _attach(url: str, name: str, allow_pickle: bool, options: dict) -> "RedisDict":
@@ -495,7 +520,8 @@ class RedisDict(MutableMapping):
         try:
             reply = self._open_script(
                 keys=[self._meta, first_seq],
-                args=[FORMAT, FORMAT_VERSION, max_keys, shards, "1" if create else "0"],
+                args=[FORMAT, FORMAT_VERSION, max_keys, shards, "1" if create else "0",
+                      uuid.uuid4().hex],
             )
         except _RedisError as exc:
             self._fail(exc)
@@ -518,6 +544,7 @@ class RedisDict(MutableMapping):
                 f"sharedbox reads version {FORMAT_VERSION}"
             )
         self._created = status == 1
+        self._identity = reply[5] if len(reply) > 5 else None
         self._max_keys = int(reply[1])
         self._nshards = int(reply[2])
         tags = [name] if self._nshards == 1 else [f"{name}#{i}" for i in range(self._nshards)]
@@ -1136,18 +1163,69 @@ class RedisDict(MutableMapping):
                 pass
 
     def close(self) -> None:
-        """Close this handle's connection; the dict stays on the server."""
+        """Close this handle's connection; the dict stays on the server
+        (unless this handle made it with temporary())."""
         self._disconnect()
+        temporary = getattr(self, "_temporary", None)
+        if temporary is not None:
+            temporary()
 
     def is_closed(self) -> bool:
         """True once close() has been called on this handle."""
         return self._r is None
 
+    def is_current(self) -> bool:
+        """Whether the name still refers to the dict this handle opened (False
+        once it was unlinked, and if another dict has taken the name since).
+        Works on a closed handle too."""
+        r = self._r if self._r is not None else self._connect()
+        try:
+            try:
+                return r.hget(self._meta, "id") == self._identity is not None
+            except _RedisError as exc:
+                self._fail(exc)
+        finally:
+            if r is not self._r:
+                r.close()
+
+    @classmethod
+    def temporary(
+        cls,
+        data: Optional[Mapping[str, Any]] = None,
+        *,
+        prefix: str = "sbx_tmp",
+        **options: Any,
+    ) -> "RedisDict":
+        """A new RedisDict under a fresh unique name (``d.name``), deleted from
+        the server when this handle is closed (also by a ``with`` block),
+        garbage-collected, or at exit of this process.  ``options`` are the
+        constructor's keyword arguments (url=, max_keys=, ...)."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        while True:
+            name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:16]}"
+            d = cls(name, **options)
+            if d.created:
+                break
+            d.close()  # the name was taken (never seen in practice): leave it alone
+        d._temporary = weakref.finalize(d, _drop_temporary, (d._url, d._name), d._options,
+                                        d._identity, os.getpid())
+        if data is not None:
+            try:
+                d.update(data)
+            except BaseException:
+                d.close()
+                raise
+        return d
+
     def unlink(self) -> None:
         """Delete the dict from the server (its hashes, metadata and locks);
-        call close() first.  Other handles' writes then raise SegmentNotFoundError."""
+        call close() first (SharedDictOpenError otherwise).  Only the dict this
+        handle opened: if the name now holds another one, SegmentReplacedError
+        and nothing is deleted.  Other handles' writes then raise
+        SegmentNotFoundError."""
         if self._r is not None:
-            raise RuntimeError(
+            raise SharedDictOpenError(
                 f"RedisDict {self._name!r} is still open: call close() before unlink()"
             )
         r = self._connect()
@@ -1155,6 +1233,11 @@ class RedisDict(MutableMapping):
             try:
                 if not r.exists(self._meta):
                     raise SegmentNotFoundError(f"no RedisDict named {self._name!r} at {self._safe}")
+                if r.hget(self._meta, "id") != self._identity:
+                    raise SegmentReplacedError(
+                        f"RedisDict {self._name!r} at {self._safe} is no longer the dict this "
+                        "handle opened (it was unlinked and the name reused); nothing deleted"
+                    )
                 locks = r.smembers(self._locks_key)
                 doomed = [self._meta, self._locks_key]
                 for lock in locks:
