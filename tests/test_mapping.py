@@ -254,3 +254,24 @@ def test_len_follows_inserts_and_deletes_from_another_process(name):
         subprocess.run([sys.executable, "-c", script], check=True)
         assert len(d) == expected
     d.close()
+
+
+def test_items_and_values_walk_stripes_whole(name):
+    """items()/values() copy a stripe's small values under its lock and decode
+    them after; larger values are read one by one.  Every pair is whole and
+    agrees with d[k]; a key deleted meanwhile is skipped, never half there."""
+    big = b"x" * 10_000  # above the batch limit: read by get()
+    d = SharedDict(name, size=8 << 20, max_keys=500, stripes=4)
+    for i in range(300):
+        d[f"k{i}"] = big if i % 50 == 0 else (i, str(i))
+    items = dict(d.items())
+    assert items == {k: d[k] for k in d} and len(items) == 300
+    assert sorted(map(repr, d.values())) == sorted(map(repr, items.values()))
+    it = iter(d.items())
+    first = next(it)
+    for i in range(0, 300, 2):
+        d.pop(f"k{i}", None)
+    rest = list(it)
+    for k, v in [first] + rest:
+        assert v == (big if int(k[1:]) % 50 == 0 else (int(k[1:]), k[1:]))
+    d.close()

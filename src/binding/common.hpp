@@ -18,6 +18,7 @@ namespace codec = sbx::codec;
 
 constexpr uint64_t kReleaseGilBytes = 1 << 20;  // copies this large run without the GIL
 constexpr uint64_t kInlineBytes = 256;
+constexpr uint64_t kBatchValueBytes = 4096;  // items(): larger values are read one by one
 
 // Python objects supplied by the pure-Python layer at import time.
 struct Registry {

@@ -189,6 +189,55 @@ class Core {
     return nb::steal<nb::list>(PyList_GetSlice(out.ptr(), 0, PY_SSIZE_T_MAX));
   }
 
+  // The items of stripe i as (key, value) pairs: values of up to
+  // kBatchValueBytes are copied under the stripe lock and decoded after it;
+  // a larger value is read afterwards by get() (one copy, straight into its
+  // object), and skipped if it was deleted meanwhile.
+  nb::list stripe_items(uint32_t i) {
+    struct Copy : sbx::ItemVisitor {
+      std::string keys, values;
+      std::vector<uint64_t> key_end, value_end, value_off;  // value_end 0: fetch later
+      void item(const char* k, uint64_t kl, const uint8_t* v, uint64_t vl, uint64_t voff) override {
+        keys.append(k, kl);
+        key_end.push_back(keys.size());
+        if (vl <= kBatchValueBytes) {
+          values.append(reinterpret_cast<const char*>(v), vl);
+          value_end.push_back(values.size());
+        } else {
+          value_end.push_back(0);
+        }
+        value_off.push_back(voff);
+      }
+    } copy;
+    {
+      Use d(this);
+      d->visit_stripe(i, copy);
+    }
+    nb::list out;
+    uint64_t kpos = 0, vpos = 0;
+    for (size_t n = 0; n < copy.key_end.size(); ++n) {
+      PyObject* key = PyUnicode_DecodeUTF8(copy.keys.data() + kpos,
+                                           Py_ssize_t(copy.key_end[n] - kpos), "strict");
+      if (!key) throw nb::python_error();
+      nb::object k = nb::steal(key);
+      kpos = copy.key_end[n];
+      nb::object value;
+      if (copy.value_end[n] == 0) {
+        bool found = false;
+        value = get(key, &found);
+        if (!found) continue;  // deleted since the stripe was walked
+      } else {
+        Sink sink(allow_pickle_);
+        sink.take(reinterpret_cast<const uint8_t*>(copy.values.data()) + vpos,
+                  copy.value_end[n] - vpos, copy.value_off[n], true);
+        vpos = copy.value_end[n];
+        value = sink.decode();
+      }
+      out.append(nb::make_tuple(k, value));
+    }
+    return out;
+  }
+
   nb::dict stats() {
     sbx::Stats st;
     {

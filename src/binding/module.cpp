@@ -212,6 +212,7 @@ NB_MODULE(_core, m) {
            [](Core& c, nb::handle key, const nb::bytes& data) { c.put_raw(key.ptr(), data); },
            "key"_a.none(), "data"_a, "Store encoded bytes (from _get_raw or encode_value) as key's value.")
       .def("_check_integrity", &Core::check)
+      .def("_stripe_items", &Core::stripe_items, "stripe"_a)
       .def("_incr", [](Core& c, nb::handle key, nb::handle delta) {
              return c.incr(key.ptr(), delta.ptr());
            }, "key"_a.none(), "delta"_a.none())

@@ -207,11 +207,10 @@ class _Keys(KeysView):
 
 class _Items(ItemsView):
     def __iter__(self):
+        # A stripe at a time: its items copied under its lock, decoded after.
         mapping = self._mapping
-        for key in mapping._keys(False):
-            value = mapping.get(key, _MISSING)
-            if value is not _MISSING:  # deleted since the key list was taken
-                yield key, value
+        for stripe in range(mapping.stripes):
+            yield from mapping._stripe_items(stripe)
 
     def __contains__(self, item) -> bool:
         key, value = item
@@ -222,9 +221,8 @@ class _Items(ItemsView):
 class _Values(ValuesView):
     def __iter__(self):
         mapping = self._mapping
-        for key in mapping._keys(False):
-            value = mapping.get(key, _MISSING)
-            if value is not _MISSING:
+        for stripe in range(mapping.stripes):
+            for _, value in mapping._stripe_items(stripe):
                 yield value
 
 

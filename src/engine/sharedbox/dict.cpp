@@ -991,6 +991,16 @@ std::vector<std::string> Dict::keys(bool atomic, std::vector<uint64_t>* key_set_
   return out;
 }
 
+void Dict::visit_stripe(uint32_t i, ItemVisitor& visitor) {
+  if (i >= nstripes_) throw Error(Errc::InvalidArgument, "no such stripe");
+  StripeLock lock(this, i);
+  for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t vl) {
+    const auto* key = reinterpret_cast<const char*>(r) + kHeaderBytes;
+    const uint64_t voff = off_of(r) + kHeaderBytes + kl;
+    visitor.item(key, kl, base_ + voff, vl, voff);
+  });
+}
+
 bool Dict::key_set_unchanged(const std::vector<uint64_t>& seqs) const {
   if (seqs.size() != nstripes_) return false;
   for (uint32_t i = 0; i < nstripes_; ++i)

@@ -72,6 +72,15 @@ enum class PutMode { Always, IfAbsent };
 
 enum class LockResult { Acquired, AcquiredRecovered, TimedOut };
 
+// Receives the items of one stripe, under its lock (Dict::visit_stripe): like
+// ValueSink::take under a lock, item() must only copy.
+class ItemVisitor {
+ public:
+  virtual ~ItemVisitor() = default;
+  virtual void item(const char* key, uint64_t key_len, const uint8_t* value, uint64_t value_len,
+                    uint64_t value_segment_offset) = 0;
+};
+
 // A read-modify-write (Dict::update): decide() sees the key's current value
 // (present = false: absent) and returns what to store, or nullptr to leave
 // the key as it is.  It runs under the stripe lock, so, like take() under a
@@ -161,6 +170,9 @@ class Dict {
   // key_set_seqs (if given) receives each stripe's s_change_seq as it was
   // when that stripe's keys were collected; see key_set_unchanged().
   std::vector<std::string> keys(bool atomic, std::vector<uint64_t>* key_set_seqs = nullptr);
+  // Every item of stripe i, under its lock (weakly consistent across stripes,
+  // each item whole): what items() and values() walk, a stripe at a time.
+  void visit_stripe(uint32_t i, ItemVisitor& visitor);
   // Whether no key was inserted or deleted since keys() returned these
   // sequences (each stripe's s_change_seq moves on every insert and delete,
   // and recovery moves it too).  If so, that key list is the set of keys
