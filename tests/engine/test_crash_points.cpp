@@ -201,6 +201,7 @@ struct State {
   bool has_old = false, has_new = false;
   std::string old_value, new_value;
   bool full = false;                         // the segment was filled on purpose
+  bool claims_lock = false;                  // the operation claims the lock "jobs"
 };
 
 struct Scenario {
@@ -426,6 +427,23 @@ std::vector<Scenario> scenarios() {
                  ReplaceIfEqual cas(st.old_value, st.new_value);
                  st.d->update(st.d->key(st.key.data(), st.key.size()), cas);
                }});
+  // A record that crosses into heap pages nobody reserved yet (segments
+  // reserve their pages in 1 MiB chunks as the allocator reaches them).
+  v.push_back({"alloc_reserves_pages", 4 << 20, 64, 1, [](State& st) {
+                 for (int i = 0; i < 9; ++i) {
+                   std::string k = "b" + std::to_string(1000 + i);
+                   ack(st, k, make_value(k, 0, 100000));
+                 }
+                 set_new(st, "k0001", make_value("k0001", 1, 300000));
+               },
+               [](State& st) { put(*st.d, st.key, st.new_value); }});
+  // Claiming a named lock slot: a claimer that dies leaves the slot free, and
+  // the name can be claimed (and locked) again.
+  v.push_back({"claim_named_lock", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 st.claims_lock = true;
+               },
+               [](State& st) { st.d->named_lock("jobs"); }});
   return v;
 }
 
@@ -506,6 +524,14 @@ void check_after(State& st) {
         fail("acknowledged key " + k + " is missing");
       else if (got != v)
         fail("acknowledged key " + k + " holds a different value");
+    }
+    if (st.claims_lock) {
+      // The name resolves to one slot, which locks; every other slot is free.
+      uint32_t slot = d.named_lock("jobs");
+      if (d.named_lock("jobs") != slot) fail("the lock name resolves to two slots");
+      if (d.lock_named(slot, 1.0) != sbx::LockResult::Acquired) fail("the claimed lock is stuck");
+      d.unlock_named(slot);
+      for (uint32_t i = 1; i < sbx::kNamedLocks; ++i) d.named_lock("other" + std::to_string(i));
     }
     std::string got;
     bool present = get(d, st.key, &got);

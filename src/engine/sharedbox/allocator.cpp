@@ -264,6 +264,7 @@ void Dict::reserve_units(uint64_t first, uint64_t units) {
   }
   if (from <= low && to > low) a.a_reserved_low.store(to, std::memory_order_relaxed);
   if (to >= high && from < high) a.a_reserved_high.store(from, std::memory_order_relaxed);
+  SBX_CRASH_POINT(alloc_pages_reserved);
 }
 
 // Frees the block whose offset is in *target and zeroes *target, in one

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "sharedbox/crash_points.hpp"
 #include "sharedbox/dict.hpp"
 #include "sharedbox/locks.hpp"
 #include "sharedbox/robust_mutex.hpp"
@@ -135,6 +136,7 @@ uint32_t Dict::named_lock(const std::string& name) {
     if (l.l_state.load(std::memory_order_relaxed) != 0) continue;
     std::memset(l.l_name, 0, sizeof l.l_name);
     std::memcpy(l.l_name, name.data(), name.size());
+    SBX_CRASH_POINT(lock_name_written);  // a claimer that dies here leaves the slot free
     l.l_state.store(1, std::memory_order_release);
     return i;
   }

@@ -63,6 +63,7 @@
   X(resize_gen_even)                                                             \
   X(resize_old_freed)          /* old table freed, journal open */               \
   /* Dict::alloc / Dict::free_block */                                           \
+  X(alloc_pages_reserved)      /* pages fallocated, marks moved, no journal */   \
   X(alloc_journal_open)        /* a_op = ALLOC */                                \
   X(alloc_bits_marked)         /* bitmap says used, target not yet set */        \
   X(alloc_target_set)          /* the receiving journal field names the block */ \
@@ -75,6 +76,8 @@
   X(recount_all_locked)                                                          \
   X(recount_stored)            /* h_reserved_keys set, recount flag still set */ \
   X(len_all_locked)            /* len() fell back to every stripe lock */        \
+  /* Dict::named_lock */                                                         \
+  X(lock_name_written)         /* a free slot holds the name, l_state still 0 */ \
   /* Dict::recover_stripe (a crash inside recovery) */                           \
   X(recover_stripe_begin)      /* recount requested, nothing repaired */         \
   X(recover_stripe_alloc_settled) /* allocator journal replayed */               \
