@@ -490,6 +490,10 @@ def compare(previous, now, jobs, slower: float) -> tuple:
     head = (f"Previous run {then} (median of {previous.get('config', {}).get('repeats', '?')} "
             f"repeats), this run median of {now['config']['repeats']}; FLAG: more than "
             f"{slower - 1:.0%} slower.\n\n")
+    n_then, n_now = previous.get("config", {}).get("n"), now["config"].get("n")
+    if n_then != n_now:
+        head += (f"**Warning:** the previous run used {n_then} keys per kind and this one "
+                 f"{n_now} (--quick on one side only?); per-operation times depend on it.\n\n")
     return head + _table(["row", "previous", "now", "ratio", ""], rows), flagged
 
 

@@ -464,6 +464,8 @@ def main(argv=None) -> int:
     cfg = dict(QUICK if args.quick else FULL)
     if args.repeats:
         cfg["repeats"] = args.repeats
+    elif args.compare:
+        cfg["repeats"] = max(cfg["repeats"], 5)  # medians of 5, even with --quick
     if args.burst:
         cfg["burst_seconds"] = args.burst
     if args.bulk_keys:
