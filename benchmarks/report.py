@@ -356,9 +356,13 @@ def issue14_targets(data) -> list:
             add("hot key, 2 readers + 1 writer: sharedbox reads/s ÷ the fastest other "
                 "shared system's", f"{fmt_ratio(r)} ({fmt_rate(ours)} vs "
                 f"{labels[best[1]]}'s {fmt_rate(best[0])})", "> 1×", r > 1)
-        bad = sum(sum(r.get("bad", [])) for r in hot.values())
-        add("hot key: every value read was whole (all systems)",
-            "yes" if not bad else f"**{bad:,} torn or stale reads**", "yes", not bad)
+        bad = [f"{labels[s]}: {sum(r.get('bad', [])):,} torn, {sum(r.get('stale', [])):,} stale"
+               for s, r in hot.items() if sum(r.get("bad", [])) or sum(r.get("stale", []))]
+        ours = hot["sharedbox"]
+        ok = not sum(ours.get("bad", [])) and not sum(ours.get("stale", []))
+        add("hot key: every value sharedbox read was whole and never older than the one "
+            "before", "yes" + (f" (others: {'; '.join(bad)})" if bad else "") if ok
+            else "**no**: " + "; ".join(bad), "yes", ok)
     mixed = data["results"].get("mixed", {}).get("sharedbox")
     if mixed:
         worst = max(((median(mixed[f"mixed_{k}"]) / median(mixed[f"single_{k}"]), t)
@@ -421,17 +425,21 @@ def issue14_markdown(data) -> str:
             f"({cfg['repeats']} times) while a third overwrites it without pause with "
             "128-char str values that carry their sequence number and a CRC-32; every "
             "value read is checked off the clock (whole, checksum right, never older "
-            "than the previous read). Reads/s: both readers together; distinct values: "
-            "how many of the writer's values the readers saw change per burst.\n\n")
+            "than the previous read); a read that fails the checksum or does not decode is "
+            "torn, one older than the read before it is stale. Reads/s: both readers "
+            "together; distinct values: how many of the writer's values the readers saw "
+            "per burst.\n\n")
         table = []
         for s, r in hot.items():
-            bad = sum(r.get("bad", []))
+            bad, stale = sum(r.get("bad", [])), sum(r.get("stale", []))
             table.append([labels[s], fmt_rate(median(r["reads"])) + spread(r["reads"]),
                           f"{median(r['seen']):,.0f}",
                           fmt_rate(median(r["writes"])) if r.get("writes") else "—",
-                          "0" if not bad else f"**{bad:,}**"])
+                          "0" if not bad else f"**{bad:,}**",
+                          "0" if not stale else f"**{stale:,}**"])
         parts.append(_table(["system", "reads/s (2 readers)", "distinct values seen per burst",
-                             "writer's sets/s", "reads not whole"], table))
+                             "writer's sets/s", "torn reads (all bursts)",
+                             "stale reads (all bursts)"], table))
     mixed = data["results"].get("mixed", {})
     if mixed:
         n = cfg.get("mixed_n", 0)

@@ -400,13 +400,14 @@ class Runner:
             w.expect("attached", timeout)
         writer.send("write")
         time.sleep(0.05)
-        results: dict = {"reads": [], "bad": [], "seen": []}
+        results: dict = {"reads": [], "bad": [], "stale": [], "seen": []}
         for _ in range(cfg["repeats"]):
             for r in readers:
                 r.send(f"go {cfg['hot_seconds']}")
             bursts = [r.expect("burst", timeout) for r in readers]
             results["reads"].append(sum(b["ops"] / b["seconds"] for b in bursts))
             results["bad"].append(sum(b["bad"] for b in bursts))
+            results["stale"].append(sum(b["stale"] for b in bursts))
             results["seen"].append(sum(b["seen"] for b in bursts))
         writer.send("stop")
         done = writer.expect("written", timeout)

@@ -578,16 +578,20 @@ def hot_value(seq: int) -> str:
 
 
 def hot_check(value, last_seq: int) -> int:
-    """The value's sequence number, or -1 if it is not whole."""
+    """The value's sequence number; -1 if it is not whole (torn), -2 if it
+    is older than the value read before it (stale)."""
     if not isinstance(value, str) or len(value) != 128:
         return -1
     body = value[:102]
     if value[102:110] != f"{zlib.crc32(body.encode()):08x}":
         return -1
-    seq = int(body[:16])
-    if body != f"{seq:016d}|" * 6 or seq < last_seq:
+    try:
+        seq = int(body[:16])
+    except ValueError:
         return -1
-    return seq
+    if body != f"{seq:016d}|" * 6:
+        return -1
+    return seq if seq >= last_seq else -2
 
 
 def owner_hotkey(system, job) -> None:
@@ -633,21 +637,28 @@ def hot_reader(system, job) -> None:
         if cmd[0] == "stop":
             break
         seconds = float(cmd[1])
-        done, spent, bad, last, seen = 0, 0, 0, -1, 0
+        done, spent, bad, stale, last, seen = 0, 0, 0, 0, -1, 0
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
             t0 = time.perf_counter_ns()
-            values = system.read_many(keys)
+            try:
+                values = system.read_many(keys)
+            except Exception:  # a torn value that does not even decode
+                spent += time.perf_counter_ns() - t0
+                bad += 1
+                continue
             spent += time.perf_counter_ns() - t0
             done += len(values)
             for v in values:
                 seq = hot_check(v, last)
-                if seq < 0:
+                if seq == -1:
                     bad += 1
+                elif seq == -2:
+                    stale += 1
                 elif seq != last:
                     seen += 1
                     last = seq
-        emit("burst", ops=done, seconds=spent / 1e9, bad=bad, seen=seen)
+        emit("burst", ops=done, seconds=spent / 1e9, bad=bad, stale=stale, seen=seen)
     system.close()
 
 
