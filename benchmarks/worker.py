@@ -694,9 +694,13 @@ def owner_mixed(system, job) -> None:
     results: dict = {}
     for round_ in range(1, job["repeats"] + 1):
         for kind in MIXED_KINDS:
+            # each store gets its own value objects: the in-process dict keeps
+            # the objects themselves, and shared ones would die in whichever
+            # pass dropped their last reference
             values = mixed_values(kind, n, round_)
             ns, _ = timed(system.set_loop, keys[kind], values)
             results.setdefault(f"mixed_{kind}", []).append(ns / n)
+            values = mixed_values(kind, n, round_)
             ns, _ = timed(stores[kind].set_loop, keys[kind], values)
             results.setdefault(f"single_{kind}", []).append(ns / n)
     # every store holds the last round's values
