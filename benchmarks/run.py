@@ -4,6 +4,8 @@ Each (workload, system) pair runs in fresh processes: an owner that creates
 the store and times the writes, and readers that attach and time the reads
 (see worker.py).  Results go to benchmarks/results/ (markdown, JSON, PNG);
 `--update-docs` also writes them into docs/benchmarks.md and docs/img/.
+`--compare PATH` runs the small-operation rows and flags each row more than
+10% slower than in the earlier results file PATH (exit status 3 if any).
 """
 
 from __future__ import annotations
