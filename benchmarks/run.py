@@ -454,7 +454,7 @@ def parse_args(argv):
                    help="run the small-operation rows (jobs " + ",".join(COMPARE_JOBS) +
                         " unless --jobs says otherwise) and compare each row's median with "
                         "the results file PATH (a results.json of an earlier run); a row "
-                        f"more than {COMPARE_SLOWER - 1:.0%} slower is flagged, and the "
+                        f"more than {COMPARE_SLOWER - 1:.0%}% slower is flagged, and the "
                         "exit status is 3 if any is")
     p.add_argument("--old-sharedbox-path", metavar="DIR",
                    help=f"a folder holding {OLD_SHAREDBOX} (pip install --target DIR), used "
