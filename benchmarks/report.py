@@ -21,6 +21,27 @@ SMALL_ROWS = [
     ("mix_90_10", "90% get / 10% set"),
 ]
 
+# issue 14: job "small_kib", values of about 1 KiB (same layout as SMALL_ROWS)
+KIB_ROWS = [
+    ("get_str1k", "get, 1 KiB str"),
+    ("get_pdict1k", "get, ~1 KiB dict (30 str fields + int, pickled)"),
+    ("get_floats100", "get, list of 100 floats"),
+    ("set_str1k", "set, 1 KiB str"),
+    ("set_pdict1k", "set, ~1 KiB dict (30 str fields + int, pickled)"),
+    ("set_floats100", "set, list of 100 floats"),
+]
+
+# job "mixed": kind -> row title
+MIXED_ROWS = [
+    ("int", "int"),
+    ("dict", "4-key dict"),
+    ("floats100", "list of 100 floats"),
+    ("tuple3", "3-tuple (int, str, float)"),
+    ("str1k", "1 KiB str"),
+    ("pdict1k", "~1 KiB pickled dict"),
+]
+MIXED_LIMIT = 1.3
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -143,7 +164,8 @@ def markdown(data) -> str:
     )
     parts.append("### Targets\n")
     parts.append(_table(["target", "this run", "goal", ""],
-                        [list(t) for t in targets(data) + coord_targets(data)]))
+                        [list(t) for t in targets(data) + coord_targets(data)
+                         + issue14_targets(data)]))
 
     small = data["results"].get("small", {})
     if small:
@@ -278,6 +300,7 @@ def markdown(data) -> str:
                              fmt_ratio(median(bulk) / median(loop))])
         parts.append(_table(["operation", "by hand / loop", "RedisDict", "ratio"], rows))
 
+    parts.append(issue14_markdown(data))
     parts.append(coord_markdown(data))
     parts.append("\n### Versions\n\n")
     parts.append("\n".join(f"- {labels[s]}: {v}" for s, v in data["versions"].items()) + "\n")
@@ -288,6 +311,198 @@ def markdown(data) -> str:
         parts.append("\nFailed: " + "; ".join(
             f"{k} ({v.strip().splitlines()[0][:200]})" for k, v in data["errors"].items()) + "\n")
     return "".join(parts)
+
+
+# -- issue 14: values of about 1 KiB, one hot key, a mixed store, --compare -------
+SHARED_OTHERS = ("sharedbox-0.2.4", "lmdb", "lmdb-op", "redis", "manager", "ultradict",
+                 "shm-dict")
+
+
+def _fastest_other(data, job, metric, higher_better=False):
+    """(figure, system) of the best shared system other than sharedbox."""
+    res = data["results"].get(job, {})
+    got = [(median(res[s][metric]), s) for s in SHARED_OTHERS
+           if res.get(s, {}).get(metric)]
+    if not got:
+        return None
+    return max(got) if higher_better else min(got)
+
+
+def issue14_targets(data) -> list:
+    out = []
+
+    def add(what, value, goal, ok):
+        out.append((what, "not measured" if value is None else value, goal,
+                    "—" if value is None else ("met" if ok else "**not met**")))
+
+    labels = data["labels"]
+    kib = data["results"].get("small_kib", {})
+    if kib.get("sharedbox"):
+        for metric, title in KIB_ROWS:
+            ours = _get(data, "small_kib", "sharedbox", metric)
+            best = _fastest_other(data, "small_kib", metric)
+            if ours is None or best is None:
+                continue
+            r = best[0] / ours
+            add(f"{title}: fastest other shared system ÷ sharedbox",
+                f"{fmt_ratio(r)} ({labels[best[1]]} {fmt_ns(best[0])}, sharedbox "
+                f"{fmt_ns(ours)})", "> 1×", r > 1)
+    hot = data["results"].get("hotkey", {})
+    if hot.get("sharedbox"):
+        ours = median(hot["sharedbox"]["reads"])
+        best = _fastest_other(data, "hotkey", "reads", higher_better=True)
+        if best is not None:
+            r = ours / best[0]
+            add("hot key, 2 readers + 1 writer: sharedbox reads/s ÷ the fastest other "
+                "shared system's", f"{fmt_ratio(r)} ({fmt_rate(ours)} vs "
+                f"{labels[best[1]]}'s {fmt_rate(best[0])})", "> 1×", r > 1)
+        bad = [f"{labels[s]}: {sum(r.get('bad', [])):,} torn, {sum(r.get('stale', [])):,} stale"
+               for s, r in hot.items() if sum(r.get("bad", [])) or sum(r.get("stale", []))]
+        ours = hot["sharedbox"]
+        ok = not sum(ours.get("bad", [])) and not sum(ours.get("stale", []))
+        add("hot key: every value sharedbox read was whole and never older than the one "
+            "before", "yes" + (f" (others: {'; '.join(bad)})" if bad else "") if ok
+            else "**no**: " + "; ".join(bad), "yes", ok)
+    mixed = data["results"].get("mixed", {}).get("sharedbox")
+    if mixed:
+        worst = max(((median(mixed[f"mixed_{k}"]) / median(mixed[f"single_{k}"]), t)
+                     for k, t in MIXED_ROWS if mixed.get(f"mixed_{k}")), default=None)
+        if worst:
+            add("mixed store: overwrite pass ÷ the same pass in a one-kind store "
+                "(sharedbox, worst kind)", f"{fmt_ratio(worst[0])} ({worst[1]})",
+                f"≤ {MIXED_LIMIT}×", worst[0] <= MIXED_LIMIT)
+    return out
+
+
+def _per_op_tables(data, job, rows, intro, heading) -> str:
+    """The small job's three tables (time; ÷ dict; ÷ sharedbox) for `rows`."""
+    labels = data["labels"]
+    res = data["results"].get(job, {})
+    if not res:
+        return ""
+    cols = list(res)
+    parts = [f"\n### {heading}: time per operation\n\n{intro} Slow systems time fewer "
+             f"operations over the same data ({slow_note(data, cols)}).\n\n"]
+    table = []
+    for metric, title in rows:
+        row = [title]
+        for s in cols:
+            samples = res[s].get(metric)
+            row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
+        table.append(row)
+    parts.append(_table(["operation"] + [labels[s] for s in cols], table))
+    for base, title in (("dict", "ratio to the in-process dict (lower is better)"),
+                        ("sharedbox", "each system's time ÷ sharedbox's "
+                                      "(above 1: sharedbox is faster)")):
+        if base not in res:
+            continue
+        parts.append(f"\n{heading}, {title}:\n\n")
+        table = []
+        for metric, rtitle in rows:
+            row = [rtitle]
+            for s in cols:
+                r = ratio(data, job, metric, s, base)
+                row.append(fmt_ratio(r) if r else "—")
+            table.append(row)
+        parts.append(_table(["operation"] + [labels[s] for s in cols], table))
+    return "".join(parts)
+
+
+def issue14_markdown(data) -> str:
+    cfg = data["config"]
+    labels = data["labels"]
+    parts = [_per_op_tables(
+        data, "small_kib", KIB_ROWS,
+        f"{cfg['n']:,} keys of each kind: a 1 KiB str, a dict of 30 fields of 21-char "
+        "strs and an int (1,077 bytes pickled), a list of 100 floats (916 bytes pickled); "
+        "written by the owner process, read by a second process, keys in random order.",
+        "Values of about 1 KiB")]
+    hot = data["results"].get("hotkey", {})
+    if hot:
+        parts.append(
+            f"\n### One hot key: 2 readers while a third process overwrites it\n\n"
+            f"Two processes read the same key in {cfg['hot_seconds']:g} s bursts "
+            f"({cfg['repeats']} times) while a third overwrites it without pause with "
+            "128-char str values that carry their sequence number and a CRC-32; every "
+            "value read is checked off the clock (whole, checksum right, never older "
+            "than the previous read); a read that fails the checksum or does not decode is "
+            "torn, one older than the read before it is stale. Reads/s: both readers "
+            "together; distinct values: how many of the writer's values the readers saw "
+            "per burst.\n\n")
+        table = []
+        for s, r in hot.items():
+            bad, stale = sum(r.get("bad", [])), sum(r.get("stale", []))
+            table.append([labels[s], fmt_rate(median(r["reads"])) + spread(r["reads"]),
+                          f"{median(r['seen']):,.0f}",
+                          fmt_rate(median(r["writes"])) if r.get("writes") else "—",
+                          "0" if not bad else f"**{bad:,}**",
+                          "0" if not stale else f"**{stale:,}**"])
+        parts.append(_table(["system", "reads/s (2 readers)", "distinct values seen per burst",
+                             "writer's sets/s", "torn reads (all bursts)",
+                             "stale reads (all bursts)"], table))
+    mixed = data["results"].get("mixed", {})
+    if mixed:
+        n = cfg.get("mixed_n", 0)
+        parts.append(
+            f"\n### One store of many kinds against a store per kind\n\n"
+            f"One store holds {n:,} keys of each of six kinds; each round overwrites one "
+            "kind's keys with new values (a timed pass), kind after kind, and then the "
+            "same pass in a store holding only that kind's keys. Time per set, median of "
+            f"{cfg['repeats']} rounds; all in one process. Goal for sharedbox: mixed "
+            f"÷ single ≤ {MIXED_LIMIT}×.\n\n")
+        cols = list(mixed)
+        header = ["kind overwritten"]
+        for s in cols:
+            header += [f"{labels[s]} mixed", "single", "ratio"]
+        table = []
+        for kind, title in MIXED_ROWS:
+            row = [title]
+            for s in cols:
+                a, b = mixed[s].get(f"mixed_{kind}"), mixed[s].get(f"single_{kind}")
+                if not a or not b:
+                    row += ["—"] * 3
+                    continue
+                r = median(a) / median(b)
+                row += [fmt_ns(median(a)) + spread(a), fmt_ns(median(b)) + spread(b),
+                        fmt_ratio(r) if s != "sharedbox" or r <= MIXED_LIMIT
+                        else f"**{fmt_ratio(r)}**"]
+            table.append(row)
+        parts.append(_table(header, table))
+    return "".join(parts)
+
+
+def compare(previous, now, jobs, slower: float) -> tuple:
+    """(markdown table, flagged rows) of every per-operation row of `jobs`
+    measured in both runs: median then, median now, now ÷ then."""
+    titles = dict(SMALL_ROWS + KIB_ROWS)
+    labels = now["labels"]
+    rows, flagged = [], []
+    for job in jobs:
+        old_res = previous.get("results", {}).get(job, {})
+        for system, res in now["results"].get(job, {}).items():
+            for metric, title in SMALL_ROWS + KIB_ROWS:
+                a = old_res.get(system, {}).get(metric)
+                b = res.get(metric)
+                if not a or not b:
+                    continue
+                r = median(b) / median(a)
+                flag = r > slower
+                name = f"{labels.get(system, system)}: {titles[metric]}"
+                if flag:
+                    flagged.append(name)
+                rows.append([name, fmt_ns(median(a)), fmt_ns(median(b)), fmt_ratio(r),
+                             "FLAG" if flag else ""])
+    if not rows:
+        return "No row was measured in both runs.\n", flagged
+    then = previous.get("machine", {}).get("date", "?")
+    head = (f"Previous run {then} (median of {previous.get('config', {}).get('repeats', '?')} "
+            f"repeats), this run median of {now['config']['repeats']}; FLAG: more than "
+            f"{slower - 1:.0%} slower.\n\n")
+    n_then, n_now = previous.get("config", {}).get("n"), now["config"].get("n")
+    if n_then != n_now:
+        head += (f"**Warning:** the previous run used {n_then} keys per kind and this one "
+                 f"{n_now} (--quick on one side only?); per-operation times depend on it.\n\n")
+    return head + _table(["row", "previous", "now", "ratio", ""], rows), flagged
 
 
 # -- issue 12's coordination API: counters and waiting (jobs incr, wait) -----------

@@ -4,6 +4,8 @@ Each (workload, system) pair runs in fresh processes: an owner that creates
 the store and times the writes, and readers that attach and time the reads
 (see worker.py).  Results go to benchmarks/results/ (markdown, JSON, PNG);
 `--update-docs` also writes them into docs/benchmarks.md and docs/img/.
+`--compare PATH` runs the small-operation rows and flags each row more than
+10% slower than in the earlier results file PATH (exit status 3 if any).
 """
 
 from __future__ import annotations
@@ -46,7 +48,20 @@ JOBS = {
     # against a 1 ms polling loop)
     "incr": ["sharedbox", "manager", "ultradict", "redis"],
     "wait": ["sharedbox"],
+    # issue 14: get/set of values of about 1 KiB (1 KiB str, ~1 KiB pickled
+    # dict, 100-float list), the same systems and protocol as "small"
+    "small_kib": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "lmdb-op", "redis",
+                  "manager", "ultradict", "shm-dict"],
+    # one key read by 2 processes while a third overwrites it (every read checked)
+    "hotkey": ["sharedbox", "sharedbox-0.2.4", "lmdb", "lmdb-op", "redis", "manager",
+               "ultradict", "shm-dict"],
+    # one store of six value kinds against a store per kind: overwrite passes
+    "mixed": ["dict", "sharedbox", "lmdb"],
 }
+
+# the rows --compare checks: every per-operation figure of these jobs
+COMPARE_JOBS = ("small", "small_kib")
+COMPARE_SLOWER = 1.10  # a row is flagged when now / previous exceeds this
 
 FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
             burst_seconds=1.0, scale_keys=5_000, readers=[1, 2, 4], writers=[1, 2],
@@ -59,6 +74,9 @@ QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
 # wait: ping-pong round trips per run and seconds of each idle wait
 FULL.update(incr_n=300_000, incr_procs=[1, 2, 4], wait_rounds=2_000, idle_seconds=1.0)
 QUICK.update(incr_n=5_000, incr_procs=[1, 2], wait_rounds=200, idle_seconds=0.2)
+# hotkey: seconds per reader burst; mixed: keys of each kind
+FULL.update(hot_seconds=1.0, mixed_n=20_000)
+QUICK.update(hot_seconds=0.2, mixed_n=1_000)
 
 
 class WorkerFailed(Exception):
@@ -213,10 +231,14 @@ class Runner:
     def spec(self, job: str, system: str, role: str, **extra) -> dict:
         segment = 1 << 30 if job == "numpy" else 256 << 20
         n = self.cfg["n"]
+        max_keys = max(4 * n, 2 * self.cfg["iter_keys"], 64 * self.cfg["scale_keys"])
+        if job == "mixed":  # six kinds of mixed_n keys in one store
+            max_keys = max(max_keys, 8 * self.cfg["mixed_n"])
+        if job == "small_kib":  # three kinds of ~1 KiB values (shared-memory-dict: one block)
+            extra.setdefault("shm_dict_bytes", 3 * n * 1300 + (1 << 20))
         return dict(self.cfg, job=job, system=system, role=role,
                     name=f"{self.prefix}_{self.counter}", segment_bytes=segment,
-                    max_keys=max(4 * n, 2 * self.cfg["iter_keys"], 64 * self.cfg["scale_keys"]),
-                    **extra)
+                    max_keys=max_keys, **extra)
 
     def start(self, spec: dict) -> Worker:
         python = self.pythons.get(spec["system"], sys.executable)
@@ -238,7 +260,7 @@ class Runner:
                 return {"skip": first["reason"]}
             out = {"version": first["version"], "results": {}}
             out["results"].update(owner.expect("ready", timeout)["results"])
-            if job in ("small", "iterate", "numpy", "redisdict"):
+            if job in ("small", "iterate", "numpy", "redisdict", "small_kib"):
                 reader = self.start(self.spec(job, system, "reader"))
                 workers.append(reader)
                 reader.expect("version", timeout)
@@ -251,6 +273,10 @@ class Runner:
                 out["results"].update(self.incr(system, owner, workers, timeout))
             elif job == "wait":
                 out["results"].update(self.wait(system, owner, workers, timeout))
+            elif job == "hotkey":
+                out["results"].update(self.hotkey(system, workers, timeout))
+            elif job == "mixed":
+                pass  # all of it happens in the owner
             else:
                 out["results"].update(self.scale(job, system, workers, timeout))
             owner.send("stop")
@@ -361,6 +387,39 @@ class Runner:
         owner.send("end")
         return results
 
+    def hotkey(self, system: str, workers: list, timeout: float) -> dict:
+        """Two readers read the hot key in bursts of hot_seconds, `repeats`
+        times, while a writer overwrites it without pause; the figure is the
+        readers' reads per second together.  Every value read is checked
+        (whole, checksum right, never older than the one before)."""
+        cfg = self.cfg
+        writer = self.start(self.spec("hotkey", system, "hot_writer"))
+        readers = [self.start(self.spec("hotkey", system, "hot_reader", index=i))
+                   for i in range(2)]
+        workers.extend([writer] + readers)
+        for w in [writer] + readers:
+            w.expect("version", timeout)
+            w.expect("attached", timeout)
+        writer.send("write")
+        time.sleep(0.05)
+        results: dict = {"reads": [], "bad": [], "stale": [], "seen": []}
+        for _ in range(cfg["repeats"]):
+            for r in readers:
+                r.send(f"go {cfg['hot_seconds']}")
+            bursts = [r.expect("burst", timeout) for r in readers]
+            results["reads"].append(sum(b["ops"] / b["seconds"] for b in bursts))
+            results["bad"].append(sum(b["bad"] for b in bursts))
+            results["stale"].append(sum(b["stale"] for b in bursts))
+            results["seen"].append(sum(b["seen"] for b in bursts))
+        writer.send("stop")
+        done = writer.expect("written", timeout)
+        results["writes"] = [done["writes"] / done["seconds"]]
+        for w in [writer] + readers:
+            if w is not writer:
+                w.send("stop")
+            w.finish()
+        return results
+
     def cleanup(self) -> None:
         """Remove whatever a failed worker left in /dev/shm."""
         for path in glob.glob(f"/dev/shm/*{self.prefix}_*"):
@@ -391,6 +450,12 @@ def parse_args(argv):
     p.add_argument("--bulk-keys", type=int, help="keys of the redisdict job's update/items")
     p.add_argument("--incr-procs", help="process counts of the incr job, e.g. 1,2,4,8")
     p.add_argument("--wait-rounds", type=int, help="ping-pong round trips per run of the wait job")
+    p.add_argument("--compare", metavar="PATH",
+                   help="run the small-operation rows (jobs " + ",".join(COMPARE_JOBS) +
+                        " unless --jobs says otherwise) and compare each row's median with "
+                        "the results file PATH (a results.json of an earlier run); a row "
+                        f"more than {COMPARE_SLOWER - 1:.0%}% slower is flagged, and the "
+                        "exit status is 3 if any is")
     p.add_argument("--old-sharedbox-path", metavar="DIR",
                    help=f"a folder holding {OLD_SHAREDBOX} (pip install --target DIR), used "
                         "instead of creating .bench-venvs/ (e.g. on a machine without PyPI)")
@@ -402,6 +467,8 @@ def main(argv=None) -> int:
     cfg = dict(QUICK if args.quick else FULL)
     if args.repeats:
         cfg["repeats"] = args.repeats
+    elif args.compare:
+        cfg["repeats"] = max(cfg["repeats"], 5)  # medians of 5, even with --quick
     if args.burst:
         cfg["burst_seconds"] = args.burst
     if args.bulk_keys:
@@ -413,6 +480,16 @@ def main(argv=None) -> int:
     for name in ("readers", "writers"):
         if getattr(args, name):
             cfg[name] = [int(x) for x in getattr(args, name).split(",")]
+    previous = None
+    if args.compare:
+        try:
+            with open(args.compare) as f:
+                previous = json.load(f)
+        except (OSError, ValueError) as exc:
+            print(f"--compare: cannot read {args.compare}: {exc}", file=sys.stderr)
+            return 2
+        if not args.jobs:
+            args.jobs = ",".join(COMPARE_JOBS)
     jobs = args.jobs.split(",") if args.jobs else list(JOBS)
     wanted = set(args.systems.split(",")) if args.systems else set(systems.SYSTEMS)
     for name in jobs:
@@ -501,7 +578,18 @@ def main(argv=None) -> int:
         print(markdown)
     for key, err in data["errors"].items():
         print(f"error in {key}: {err}", file=sys.stderr)
-    return 1 if data["errors"] else 0
+    if data["errors"]:
+        return 1
+    if previous is not None:
+        table, flagged = report.compare(previous, data, COMPARE_JOBS, COMPARE_SLOWER)
+        with open(os.path.join(args.out, "compare.md"), "w") as f:
+            f.write(table)
+        print(f"\n### Compared with {args.compare}\n\n{table}")
+        if flagged:
+            print(f"{len(flagged)} row(s) more than {COMPARE_SLOWER - 1:.0%} slower: "
+                  + ", ".join(flagged), file=sys.stderr)
+            return 3
+    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import random
 import sys
 import time
 import traceback
+import zlib
 
 from benchmarks import systems
 
@@ -492,6 +493,237 @@ def waiter(system, job) -> None:
             ru1 = resource.getrusage(resource.RUSAGE_SELF)
             emit("idle", cpu_ns=cpu, seconds=wall, switches=ru1.ru_nvcsw - ru0.ru_nvcsw)
     system.close()
+
+
+# -- small operations on values of about 1 KiB (job "small_kib") ----------------
+# The same protocol and checks as the small job, over three more value kinds:
+# a 1 KiB str, a dict of 30 str fields and an int (about 1 KiB pickled) and a
+# list of 100 floats.  A job of its own, so that the ~60 MB it stores does not
+# change the figures of the small job (shared-memory-dict re-reads its whole
+# store on every operation).
+KIB_KINDS = ("str1k", "pdict1k", "floats100")
+
+
+def kib_values(kind: str, n: int, round_: int) -> list:
+    if kind == "str1k":
+        return [(f"s{i:07d}r{round_:03d}." * 80)[:1024] for i in range(n)]
+    if kind == "pdict1k":
+        out = []
+        for i in range(n):
+            d = {f"field_{j:02d}": f"v{i:07d}-{j:02d}-r{round_:03d}-abcd" for j in range(30)}
+            d["n"] = i * 1_000_003 + round_
+            out.append(d)
+        return out
+    return [[i + j / 128 + round_ for j in range(100)] for i in range(n)]
+
+
+def _kib_kind_values(kind, n, round_):
+    return small_values(kind, n, round_) if kind in KINDS else kib_values(kind, n, round_)
+
+
+def load_kib(system, job, final: bool) -> None:
+    ops = ops_for(job, system)
+    for kind in KIB_KINDS:
+        keys = small_keys(kind, job["n"])
+        system.fill(keys, kib_values(kind, job["n"], 0))
+        if final:
+            system.fill(keys[:ops], kib_values(kind, ops, job["repeats"]))
+
+
+def owner_small_kib(system, job) -> None:
+    repeats = job["repeats"]
+    ops = ops_for(job, system)
+    load_kib(system, job, final=False)
+    results = {}
+    for kind in KIB_KINDS:
+        keys = small_keys(kind, ops)
+        samples = []
+        for round_ in range(1, repeats + 1):
+            values = kib_values(kind, ops, round_)
+            ns, _ = timed(system.set_loop, keys, values)
+            samples.append(ns / ops)
+        results[f"set_{kind}"] = samples
+    emit("ready", results=results, ops=ops)
+
+
+def reader_small_kib(system, job) -> None:
+    repeats = job["repeats"]
+    ops = ops_for(job, system)
+    if not system.shared:
+        load_kib(system, job, final=True)
+    order = list(range(ops))
+    random.Random(7).shuffle(order)
+    results = {}
+    for kind in KIB_KINDS:
+        all_keys = small_keys(kind, job["n"])
+        keys = [all_keys[i] for i in order]
+        last = order[-1]
+        want = kib_values(kind, last + 1, repeats if last < ops else 0)[last]
+        results[f"get_{kind}"] = per_op(
+            system.get_loop, (keys,), ops, repeats,
+            check=lambda v, want=want, kind=kind: require(v == want, f"get_{kind}"),
+        )
+    emit("result", results=results)
+
+
+# -- one hot key: 2 readers while a third process overwrites it (job "hotkey") -----
+HOT = "hot"
+
+
+def hot_value(seq: int) -> str:
+    """A 128-char str that carries its own checksum: a torn or mixed read
+    fails the check (and the sequence number must never go backwards)."""
+    body = f"{seq:016d}|" * 6
+    return f"{body}{zlib.crc32(body.encode()):08x}" + "." * (128 - 102 - 8)
+
+
+def hot_check(value, last_seq: int) -> int:
+    """The value's sequence number; -1 if it is not whole (torn), -2 if it
+    is older than the value read before it (stale)."""
+    if not isinstance(value, str) or len(value) != 128:
+        return -1
+    body = value[:102]
+    if value[102:110] != f"{zlib.crc32(body.encode()):08x}":
+        return -1
+    try:
+        seq = int(body[:16])
+    except ValueError:
+        return -1
+    if body != f"{seq:016d}|" * 6:
+        return -1
+    return seq if seq >= last_seq else -2
+
+
+def owner_hotkey(system, job) -> None:
+    system.set_loop([HOT], [hot_value(0)])
+    emit("ready", results={})
+
+
+def hot_writer(system, job) -> None:
+    """On 'write': overwrites the hot key with ever newer values until 'stop'
+    arrives on stdin (read by a thread, so the loop itself stays tight)."""
+    import threading
+
+    emit("attached")
+    require(command() == "write", "protocol")
+    stop = threading.Event()
+
+    def wait_stop():
+        command()
+        stop.set()
+
+    threading.Thread(target=wait_stop, daemon=True).start()
+    seq = 1
+    t0 = time.perf_counter()
+    batch = 50
+    while not stop.is_set():
+        values = [hot_value(s) for s in range(seq, seq + batch)]
+        system.set_loop([HOT] * batch, values)
+        seq += batch
+    emit("written", writes=seq - 1, seconds=time.perf_counter() - t0)
+    system.close()
+
+
+def hot_reader(system, job) -> None:
+    """On 'go SECONDS': reads the hot key in chunks of 500 for SECONDS and
+    reports reads, the time spent in the read loops (checking every value is
+    done between chunks, off the clock), the values that were not whole and
+    the number of distinct values seen."""
+    emit("attached")
+    chunk = 500
+    keys = [HOT] * chunk
+    while True:
+        cmd = command().split()
+        if cmd[0] == "stop":
+            break
+        seconds = float(cmd[1])
+        done, spent, bad, stale, last, seen = 0, 0, 0, 0, -1, 0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter_ns()
+            try:
+                values = system.read_many(keys)
+            except Exception:  # a torn value that does not even decode
+                spent += time.perf_counter_ns() - t0
+                bad += 1
+                continue
+            spent += time.perf_counter_ns() - t0
+            done += len(values)
+            for v in values:
+                seq = hot_check(v, last)
+                if seq == -1:
+                    bad += 1
+                elif seq == -2:
+                    stale += 1
+                elif seq != last:
+                    seen += 1
+                    last = seq
+        emit("burst", ops=done, seconds=spent / 1e9, bad=bad, stale=stale, seen=seen)
+    system.close()
+
+
+# -- one store of many value kinds against stores of one kind (job "mixed") -------
+MIXED_KINDS = ("int", "dict", "floats100", "tuple3", "str1k", "pdict1k")
+
+
+def mixed_values(kind: str, n: int, round_: int) -> list:
+    if kind == "tuple3":
+        return [(i, f"t{i:07d}-r{round_}", i * 0.5 + round_) for i in range(n)]
+    return _kib_kind_values(kind, n, round_)
+
+
+def owner_mixed(system, job) -> None:
+    """One store holding n keys of each of MIXED_KINDS, and for each kind a
+    store of its own holding only that kind's n keys (same keys, same
+    values).  Each round overwrites every kind's keys with new values, timing
+    the pass in the mixed store and then the same pass in the kind's own
+    store.  All in this one process."""
+    n = job["mixed_n"]
+    base = job["name"]
+    stores = {}
+    values0 = {kind: mixed_values(kind, n, 0) for kind in MIXED_KINDS}
+    keys = {kind: small_keys(kind, n) for kind in MIXED_KINDS}
+    for kind in MIXED_KINDS:
+        system.fill(keys[kind], values0[kind])
+    del values0
+    for kind in MIXED_KINDS:
+        other = systems.make(job["system"])
+        other.create(f"{base}_k{MIXED_KINDS.index(kind)}", job)
+        other.fill(keys[kind], mixed_values(kind, n, 0))
+        stores[kind] = other
+    results: dict = {}
+    for round_ in range(1, job["repeats"] + 1):
+        for kind in MIXED_KINDS:
+            # each store gets its own value objects: the in-process dict keeps
+            # the objects themselves, and shared ones would die in whichever
+            # pass dropped their last reference
+            values = mixed_values(kind, n, round_)
+            ns, _ = timed(system.set_loop, keys[kind], values)
+            results.setdefault(f"mixed_{kind}", []).append(ns / n)
+            values = mixed_values(kind, n, round_)
+            ns, _ = timed(stores[kind].set_loop, keys[kind], values)
+            results.setdefault(f"single_{kind}", []).append(ns / n)
+    # every store holds the last round's values
+    last = job["repeats"]
+    for kind in MIXED_KINDS:
+        want = mixed_values(kind, n, last)
+        probe = [0, n // 2, n - 1]
+        for i in probe:
+            for where in (system, stores[kind]):
+                require(where.get_loop([keys[kind][i]]) == want[i], f"mixed {kind}")
+        stores[kind].destroy()
+    results["n"] = n
+    emit("ready", results=results)
+
+
+ROLES.update({
+    ("owner", "small_kib"): owner_small_kib,
+    ("reader", "small_kib"): reader_small_kib,
+    ("owner", "hotkey"): owner_hotkey,
+    ("hot_writer", "hotkey"): hot_writer,
+    ("hot_reader", "hotkey"): hot_reader,
+    ("owner", "mixed"): owner_mixed,
+})
 
 
 ROLES.update({
