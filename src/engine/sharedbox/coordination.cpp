@@ -55,7 +55,7 @@ struct timespec deadline_after(double seconds) {
 }  // namespace
 
 // ---------------------------------------------------------------------------
-// Versions and waiting.
+// Waiting (a key's version is Dict::version, in dict.cpp beside contains()).
 
 // Called by every writer after its publishing store (and by recovery): the
 // seq_cst RMW cannot move before that store, so a waiter that finds the word
@@ -67,18 +67,6 @@ void Dict::notify_change(Stripe& s) {
                                               std::memory_order_relaxed)) {
   }
   if (old & kWaitersBit) futex_wake_all(&s.s_wait_word);
-}
-
-bool Dict::version(const KeyRef& k, uint64_t* v) {
-  class NoCopy : public ValueSink {
-   public:
-    void take(const uint8_t*, uint64_t, uint64_t, bool) override {}
-    void reset() override {}
-  } sink;
-  uint64_t stamp = 0;
-  if (!get(k, sink, &stamp)) return false;
-  *v = stamp >> 1;  // without the "building" bit: unique for the segment's life
-  return true;
 }
 
 bool Dict::wait_change(const KeyRef& k, uint64_t seen, double timeout_s, uint64_t* now) {

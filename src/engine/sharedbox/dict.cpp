@@ -256,6 +256,14 @@ bool Dict::contains(const KeyRef& k) {
   return get(k, sink);
 }
 
+bool Dict::version(const KeyRef& k, uint64_t* v) {
+  DiscardSink sink;
+  uint64_t stamp = 0;
+  if (!get(k, sink, &stamp)) return false;
+  *v = stamp >> 1;  // without the "building" bit: unique for the segment's life
+  return true;
+}
+
 uint64_t Dict::size() const {
   uint64_t n = 0;
   for (uint32_t i = 0; i < nstripes_; ++i) n += stripe(i).s_count.load(std::memory_order_relaxed);
