@@ -165,7 +165,7 @@ def markdown(data) -> str:
     parts.append("### Targets\n")
     parts.append(_table(["target", "this run", "goal", ""],
                         [list(t) for t in targets(data) + coord_targets(data)
-                         + issue14_targets(data)]))
+                         + issue14_targets(data) + zc_targets(data)]))
 
     small = data["results"].get("small", {})
     if small:
@@ -301,6 +301,7 @@ def markdown(data) -> str:
         parts.append(_table(["operation", "by hand / loop", "RedisDict", "ratio"], rows))
 
     parts.append(issue14_markdown(data))
+    parts.append(zc_markdown(data))
     parts.append(coord_markdown(data))
     parts.append("\n### Versions\n\n")
     parts.append("\n".join(f"- {labels[s]}: {v}" for s, v in data["versions"].items()) + "\n")
@@ -505,6 +506,140 @@ def compare(previous, now, jobs, slower: float) -> tuple:
     return head + _table(["row", "previous", "now", "ratio", ""], rows), flagged
 
 
+# -- issue 11: zero-copy arrays, d.view and create_array (job "zerocopy") --------
+ZC_VIEW_LIMIT_NS = 5_000     # d.view(k) at every size
+ZC_GET_OVER_VIEW = 1_000     # d[k] ÷ d.view(k) at 64 MiB, at least
+ZC_OVER_HAND = 2.0           # d.view(k) ÷ the hand-made ndarray over shared_memory, at most
+ZC_FILL_SHARE = 0.9          # create_array + fill + publish ÷ np.empty + fill, bandwidth
+ZC_FILLS = [("copyto", "`np.copyto(arr, src)`"), ("ones", "`arr[...] = 1`")]
+HAND_VIEW = "`np.ndarray(shape, dtype, buffer=shm.buf)`"
+
+
+def fmt_size(nbytes: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
+            return f"{nbytes >> shift} {unit}"
+    return f"{nbytes} B"
+
+
+def _zc(data) -> dict:
+    return data["results"].get("zerocopy", {}).get("sharedbox") or {}
+
+
+def _zc_sizes(data) -> list:
+    cfg = data["config"]
+    return cfg.get("zc_bytes") or sorted({mib << 20 for mib in cfg.get("array_mib", [])})
+
+
+def _zc_ratio_size(data) -> int:
+    """The size of the get ÷ view target: 64 MiB, or the largest size of the
+    numpy job (a --quick run has no 64 MiB)."""
+    mibs = data["config"].get("array_mib", [64])
+    return (64 if 64 in mibs else max(mibs)) << 20
+
+
+def _zc_fill_mib(data) -> int:
+    mibs = data["config"].get("array_mib", [64])
+    return 64 if 64 in mibs else max(mibs)
+
+
+def zc_targets(data) -> list:
+    out = []
+
+    def add(what, value, goal, ok):
+        out.append((what, "not measured" if value is None else value, goal,
+                    "—" if value is None else ("met" if ok else "**not met**")))
+
+    zc = _zc(data)
+    if not zc:
+        return out
+    for nbytes in _zc_sizes(data):
+        samples = zc.get(f"view_{nbytes}")
+        v = median(samples) if samples else None
+        add(f"`d.view(k)` of a {fmt_size(nbytes)} array, in a second process (view + release)",
+            v and fmt_ns(v), f"≤ {fmt_ns(ZC_VIEW_LIMIT_NS)}", v is not None and v <= ZC_VIEW_LIMIT_NS)
+    nbytes = _zc_ratio_size(data)
+    g, v = zc.get(f"get_{nbytes}"), zc.get(f"view_{nbytes}")
+    r = median(g) / median(v) if g and v else None
+    add(f"`d[k]` ÷ `d.view(k)`, {fmt_size(nbytes)} array, same process",
+        r and f"{fmt_ratio(r)} ({fmt_ns(median(g))} vs {fmt_ns(median(v))})",
+        f"≥ {ZC_GET_OVER_VIEW:,}×", r is not None and r >= ZC_GET_OVER_VIEW)
+    for nbytes in _zc_sizes(data):
+        v, h = zc.get(f"view_{nbytes}"), zc.get(f"hand_{nbytes}")
+        r = median(v) / median(h) if v and h else None
+        add(f"`d.view(k)` ÷ hand-made {HAND_VIEW} over multiprocessing.shared_memory, "
+            f"{fmt_size(nbytes)}", r and f"{fmt_ratio(r)} ({fmt_ns(median(v))} vs "
+            f"{fmt_ns(median(h))})", f"≤ {ZC_OVER_HAND:g}×", r is not None and r <= ZC_OVER_HAND)
+    mib = _zc_fill_mib(data)
+    for fill, title in ZC_FILLS:
+        c, e = zc.get(f"fill_create_{fill}_{mib}MiB"), zc.get(f"fill_empty_{fill}_{mib}MiB")
+        r = median(c) / median(e) if c and e else None
+        add(f"`create_array` + fill + publish of {mib} MiB ÷ fill of a fresh `np.empty`, "
+            f"same process (fill: {title})",
+            r and f"{r * 100:.0f}% ({median(c):.1f} vs {median(e):.1f} GB/s)",
+            f"≥ {ZC_FILL_SHARE:.0%}", r is not None and r >= ZC_FILL_SHARE)
+    return out
+
+
+def zc_markdown(data) -> str:
+    zc = _zc(data)
+    if not zc:
+        return ""
+    cfg = data["config"]
+    sizes = _zc_sizes(data)
+    parts = [
+        "\n### Zero-copy arrays: `d.view(k)` against `d[k]` and a hand-made view (time per "
+        "operation)\n\nFloat64 arrays. `d[k] = arr` in the owner process; in a second "
+        f"process, alternated repeat by repeat: {cfg.get('zc_ops', 0):,} × `v = d.view(k)` "
+        "(each view released when the next is bound, so the unpin is timed too), the same "
+        f"loop of the hand-made {HAND_VIEW} over a `multiprocessing.shared_memory` block "
+        "the owner filled with the same array (attached once, looked up by key), and "
+        "`d[k]` (a new array). Every result is checked against the owner's array.\n\n"]
+    rows = []
+    for metric, title in (("set", "`d[k] = arr` (copy in, owner)"),
+                          ("get", "`d[k]` (copy out)"),
+                          ("view", "`d.view(k)` (no copy)"),
+                          ("hand", f"hand-made {HAND_VIEW}")):
+        row = [title]
+        for nbytes in sizes:
+            samples = zc.get(f"{metric}_{nbytes}")
+            row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
+        rows.append(row)
+    for (a, b), title in ((("get", "view"), "`d[k]` ÷ `d.view(k)`"),
+                          (("view", "hand"), "`d.view(k)` ÷ hand-made")):
+        row = [title]
+        for nbytes in sizes:
+            x, y = zc.get(f"{a}_{nbytes}"), zc.get(f"{b}_{nbytes}")
+            row.append(fmt_ratio(median(x) / median(y)) if x and y else "—")
+        rows.append(row)
+    parts.append(_table(["operation"] + [fmt_size(n) for n in sizes], rows))
+    parts.append(
+        "\n### `create_array` + fill + publish against filling a fresh `np.empty` "
+        "(GB/s, higher is better)\n\nIn one process, alternated round by round after one "
+        "untimed round of each: `a = np.empty(shape, dtype)` + fill, against `with "
+        "d.create_array(k, shape, dtype) as arr:` + the same fill + the publish at the "
+        "block's end (each round replaces the key's value). In place: the published "
+        "record is the block that was filled (no copy at publish), every round. "
+        "`d[k] = src` (a copy of an existing array, the same run's set) for reference.\n\n")
+    rows = []
+    for mib in cfg.get("array_mib", []):
+        for fill, title in ZC_FILLS:
+            e, c = zc.get(f"fill_empty_{fill}_{mib}MiB"), zc.get(f"fill_create_{fill}_{mib}MiB")
+            if not e or not c:
+                continue
+            inplace = zc.get(f"fill_inplace_{fill}_{mib}MiB", [])
+            setter = zc.get(f"set_{mib << 20}")
+            rows.append([f"{mib} MiB", title, f"{median(e):.2f}{spread(e)}",
+                         f"{median(c):.2f}{spread(c)}", f"{median(c) / median(e) * 100:.0f}%",
+                         "yes" if inplace and all(inplace) else
+                         f"**{sum(inplace)} of {len(inplace)}**",
+                         f"{(mib << 20) / median(setter):.2f}{spread(setter)}"
+                         if setter and fill == "copyto" else ""])
+    parts.append(_table(["size", "fill", "`np.empty` + fill", "`create_array` + fill + publish",
+                         "ratio", "in place", "`d[k] = src`"], rows))
+    return "".join(parts)
+
+
 # -- issue 12's coordination API: counters and waiting (jobs incr, wait) -----------
 # (system, variant) -> row title of the incr table, in table order
 INCR_ROWS = [
@@ -665,7 +800,8 @@ def plot(data, path: str) -> bool:
     except ImportError:
         return False
     labels = data["labels"]
-    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    zc = _zc(data)
+    fig, axes = plt.subplots(3 if zc else 2, 2, figsize=(14, 15 if zc else 10))
     small = data["results"].get("small", {})
     ax = axes[0][0]
     metrics = ["get_str", "set_str", "contains_hit", "mix_90_10"]
@@ -715,12 +851,50 @@ def plot(data, path: str) -> bool:
         ax.set_ylabel("million ops/s, all processes (log)")
         ax.set_title(f"Scaling: small {'gets' if what == 'readers' else 'sets'}")
         ax.legend(fontsize=7)
+    if zc:
+        _plot_zc(data, zc, axes[2][0], axes[2][1])
     m = data["machine"]
     fig.suptitle(f"sharedbox benchmarks — {m['cpu']}, {m['usable_cpus']} CPUs, {m['date']}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def _plot_zc(data, zc, ax_time, ax_fill) -> None:
+    """Issue 11's rows: time per operation against array size (log-log),
+    and create_array's fill bandwidth against np.empty's."""
+    sizes = _zc_sizes(data)
+    for metric, title, style in (("set", "d[k] = arr (owner)", "s-"),
+                                 ("get", "d[k] (a new array)", "o-"),
+                                 ("view", "d.view(k)", "D-"),
+                                 ("hand", "np.ndarray(buffer=shm.buf), by hand", "^--")):
+        xs = [n for n in sizes if zc.get(f"{metric}_{n}")]
+        ax_time.plot(xs, [median(zc[f"{metric}_{n}"]) / 1e3 for n in xs], style, label=title)
+    ax_time.axhline(ZC_VIEW_LIMIT_NS / 1e3, color="k", linestyle=":", linewidth=1,
+                    label=f"view target ({fmt_ns(ZC_VIEW_LIMIT_NS)})")
+    ax_time.set_xscale("log", base=2)
+    ax_time.set_yscale("log")
+    ax_time.set_xticks(sizes)
+    ax_time.set_xticklabels([fmt_size(n) for n in sizes])
+    ax_time.set_xlabel("array size")
+    ax_time.set_ylabel("µs per operation (log; lower is better)")
+    ax_time.set_title("Zero-copy: view against get, set and a hand-made view")
+    ax_time.legend(fontsize=7)
+
+    mibs = data["config"].get("array_mib", [])
+    cols = [(mib, fill, title.strip("`")) for mib in mibs for fill, title in ZC_FILLS
+            if zc.get(f"fill_empty_{fill}_{mib}MiB")]
+    width = 0.4
+    for i, (side, title) in enumerate((("empty", "fresh np.empty + fill"),
+                                       ("create", "create_array + fill + publish"))):
+        ys = [median(zc[f"fill_{side}_{fill}_{mib}MiB"]) for mib, fill, _ in cols]
+        ax_fill.bar([j + i * width for j in range(len(cols))], ys, width, label=title)
+    ax_fill.set_xticks([j + width / 2 for j in range(len(cols))])
+    ax_fill.set_xticklabels([f"{mib} MiB\n{t}" for mib, _, t in cols], fontsize=8)
+    ax_fill.set_ylabel("GB/s (higher is better)")
+    ax_fill.set_title("Writing an array in place: create_array against np.empty")
+    ax_fill.legend(fontsize=7)
 
 
 def update_docs(docs: str, markdown_text: str, plot_path) -> None:

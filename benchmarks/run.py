@@ -57,6 +57,10 @@ JOBS = {
                "ultradict", "shm-dict"],
     # one store of six value kinds against a store per kind: overwrite passes
     "mixed": ["dict", "sharedbox", "lmdb"],
+    # issue 11: d.view(k) against d[k] and a hand-made np.ndarray over
+    # multiprocessing.shared_memory (timed in the same processes, alternated),
+    # and create_array + fill + publish against filling a fresh np.empty
+    "zerocopy": ["sharedbox"],
 }
 
 # the rows --compare checks: every per-operation figure of these jobs
@@ -77,6 +81,16 @@ QUICK.update(incr_n=5_000, incr_procs=[1, 2], wait_rounds=200, idle_seconds=0.2)
 # hotkey: seconds per reader burst; mixed: keys of each kind
 FULL.update(hot_seconds=1.0, mixed_n=20_000)
 QUICK.update(hot_seconds=0.2, mixed_n=1_000)
+# zerocopy: array sizes beyond array_mib (bytes; the job times every size of
+# array_mib too) and views per timed loop
+FULL.update(zc_extra_bytes=[1 << 10, 256 << 20], zc_ops=10_000)
+QUICK.update(zc_extra_bytes=[1 << 10], zc_ops=500)
+
+
+def zc_sizes(cfg: dict) -> list:
+    """The array sizes of the zerocopy job, in bytes: 1 KiB, every size of
+    the numpy job, and (full run) 256 MiB."""
+    return sorted(set(cfg["zc_extra_bytes"]) | {mib << 20 for mib in cfg["array_mib"]})
 
 
 class WorkerFailed(Exception):
@@ -230,6 +244,10 @@ class Runner:
 
     def spec(self, job: str, system: str, role: str, **extra) -> dict:
         segment = 1 << 30 if job == "numpy" else 256 << 20
+        if job == "zerocopy":  # every size twice (an overwrite holds old and new
+            # for a moment), the fill blocks, and room for the allocator
+            segment = max(segment, 3 * sum(self.cfg["zc_bytes"])
+                          + 3 * (max(self.cfg["array_mib"]) << 20))
         n = self.cfg["n"]
         max_keys = max(4 * n, 2 * self.cfg["iter_keys"], 64 * self.cfg["scale_keys"])
         if job == "mixed":  # six kinds of mixed_n keys in one store
@@ -260,7 +278,7 @@ class Runner:
                 return {"skip": first["reason"]}
             out = {"version": first["version"], "results": {}}
             out["results"].update(owner.expect("ready", timeout)["results"])
-            if job in ("small", "iterate", "numpy", "redisdict", "small_kib"):
+            if job in ("small", "iterate", "numpy", "redisdict", "small_kib", "zerocopy"):
                 reader = self.start(self.spec(job, system, "reader"))
                 workers.append(reader)
                 reader.expect("version", timeout)
@@ -480,6 +498,7 @@ def main(argv=None) -> int:
     for name in ("readers", "writers"):
         if getattr(args, name):
             cfg[name] = [int(x) for x in getattr(args, name).split(",")]
+    cfg["zc_bytes"] = zc_sizes(cfg)
     previous = None
     if args.compare:
         try:

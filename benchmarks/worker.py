@@ -726,6 +726,145 @@ ROLES.update({
 })
 
 
+# -- zero-copy arrays: view and create_array (job "zerocopy", issue 11) ---------
+# The sharedbox owner also stores every array the hand-made way, in a
+# multiprocessing.shared_memory block of its own (benchmarks/systems.py,
+# ShmArrays), so that the reader times d.view(k), that hand-made
+# np.ndarray(shape, dtype, buffer=shm.buf) and d[k] in one process,
+# alternated repeat by repeat: on a shared machine both sides of each ratio
+# meet the same load.
+AFTER: list = []  # cleanups main() runs after the store is destroyed or closed
+
+
+def zc_key(nbytes: int) -> str:
+    return f"z{nbytes}"
+
+
+def zc_copies(job: dict, nbytes: int) -> int:
+    """Copies (d[k] = arr, d[k]) per timed loop: zc_ops of a 1 KiB array, 8 of
+    8 MiB, one of 64 MiB and up."""
+    return max(1, min(job["zc_ops"], (64 << 20) // nbytes))
+
+
+def _probe(arr):
+    """About 64 evenly spaced elements of a 1-D array: what the checks compare."""
+    return arr[::max(1, arr.size // 64)]
+
+
+def _fill_copyto(arr, src) -> None:
+    import numpy as np
+
+    np.copyto(arr, src)
+
+
+def _fill_ones(arr, src) -> None:
+    arr[...] = 1
+
+
+# how the arrays are filled, the same on both sides: np.copyto(arr, src) (a
+# frame computed elsewhere lands in the array: a read and a write stream) and
+# arr[...] = 1 (writes only)
+ZC_FILLS = {"copyto": _fill_copyto, "ones": _fill_ones}
+
+
+def _empty_fill(src, fill):
+    """The floor of create_array: a fresh np.empty of the same shape, filled
+    the same way (returned, so that freeing it is not timed)."""
+    import numpy as np
+
+    arr = np.empty(src.shape, src.dtype)
+    fill(arr, src)
+    return arr
+
+
+def owner_zerocopy(system, job) -> None:
+    import numpy as np
+
+    hand = systems.ShmArrays()
+    hand.create(job["name"] + "_hand", job)
+    AFTER.append(hand.destroy)
+    repeats = job["repeats"]
+    results: dict = {}
+    for nbytes in job["zc_bytes"]:
+        arr = _array(nbytes)
+        key, n = zc_key(nbytes), zc_copies(job, nbytes)
+        results[f"set_{nbytes}"] = per_op(system.set_array_loop, (key, arr, n), n, repeats)
+        hand.set_array(key, arr)
+        del arr
+    # create_array + fill + publish against np.empty + the same fill, in
+    # this process, alternated round by round after one untimed round each
+    for mib in job["array_mib"]:
+        src = _array(mib << 20)
+        key = f"fill{mib}"
+        for name, fill in ZC_FILLS.items():
+            empty, created, inplace = [], [], []
+            for round_ in range(repeats + 1):
+                ns_e, got = timed(_empty_fill, src, fill)
+                del got
+                ns_c, arr = timed(system.create_fill, key, src, fill)
+                require(not arr.flags.writeable, "create_array: writable after the block")
+                view = system.d.view(key)
+                inplace.append(view.__array_interface__["data"][0]
+                               == arr.__array_interface__["data"][0])
+                want = _probe(src) if name == "copyto" else 1
+                require(view.shape == src.shape and bool((_probe(view) == want).all()),
+                        f"create_array {name} {mib} MiB")
+                del view, arr
+                if round_:
+                    empty.append(ns_e)
+                    created.append(ns_c)
+            results[f"fill_empty_{name}_{mib}MiB"] = _bandwidth(empty, src.nbytes)
+            results[f"fill_create_{name}_{mib}MiB"] = _bandwidth(created, src.nbytes)
+            results[f"fill_inplace_{name}_{mib}MiB"] = inplace[1:]
+        system.d.pop(key)
+        del src
+    emit("ready", results=results)
+
+
+def reader_zerocopy(system, job) -> None:
+    import numpy as np
+
+    hand = systems.ShmArrays()
+    hand.attach(job["name"] + "_hand", job)
+    AFTER.append(hand.close)
+    repeats, ops = job["repeats"], job["zc_ops"]
+    results: dict = {}
+    for nbytes in job["zc_bytes"]:
+        arr = _array(nbytes)
+        key, n = zc_key(nbytes), zc_copies(job, nbytes)
+        want = _probe(arr)
+        shape, dtype = arr.shape, arr.dtype
+        del arr
+        hand.open_block(key)
+
+        def check(v, what, writeable=False):
+            require(v.shape == shape and v.dtype == dtype and np.array_equal(_probe(v), want)
+                    and v.flags.writeable == writeable, f"{what} {nbytes} bytes")
+
+        # the first view of the process and of each key, untimed
+        check(system.view_loop(key, 1), "view")
+        for _ in range(repeats):
+            ns, v = timed(system.view_loop, key, ops)
+            check(v, "view")
+            results.setdefault(f"view_{nbytes}", []).append(ns / ops)
+            del v
+            ns, v = timed(hand.view_loop, key, shape, dtype, ops)
+            check(v, "hand-made view", writeable=True)
+            results.setdefault(f"hand_{nbytes}", []).append(ns / ops)
+            del v
+            ns, v = timed(system.get_array_loop, key, n)
+            check(v, "get", writeable=True)
+            results.setdefault(f"get_{nbytes}", []).append(ns / n)
+            del v
+    emit("result", results=results)
+
+
+ROLES.update({
+    ("owner", "zerocopy"): owner_zerocopy,
+    ("reader", "zerocopy"): reader_zerocopy,
+})
+
+
 ROLES.update({
     ("owner", "incr"): owner_incr,
     ("incr_worker", "incr"): incrementer,
@@ -754,6 +893,8 @@ def main() -> None:
             system.destroy()
         elif job["role"] == "reader":
             system.close()
+        for cleanup in AFTER:
+            cleanup()
     except SystemExit:
         raise
     except BaseException as exc:  # report, so the parent can say what broke

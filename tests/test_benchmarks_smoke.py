@@ -25,7 +25,8 @@ def test_quick_benchmark_runs(tmp_path):
     assert data["errors"] == {}
     results = data["results"]
     assert set(results) == {"small", "iterate", "numpy", "scale_read", "scale_write",
-                            "redisdict", "incr", "wait", "small_kib", "hotkey", "mixed"}
+                            "redisdict", "incr", "wait", "small_kib", "hotkey", "mixed",
+                            "zerocopy"}
     small = results["small"]["sharedbox"]
     for metric in ("get_str", "get_int", "get_dict", "set_str", "contains_hit",
                    "contains_miss", "delete", "mix_90_10", "attach"):
@@ -59,8 +60,22 @@ def test_quick_benchmark_runs(tmp_path):
     mixed = results["mixed"]["sharedbox"]
     for kind in ("int", "dict", "floats100", "tuple3", "str1k", "pdict1k"):
         assert len(mixed[f"mixed_{kind}"]) == repeats and len(mixed[f"single_{kind}"]) == repeats
+    # issue 11's rows: view, the hand-made view and get at every size (1 KiB and
+    # the numpy job's 1 MiB with --quick), create_array against np.empty
+    zc = results["zerocopy"]["sharedbox"]
+    assert data["config"]["zc_bytes"] == [1 << 10, 1 << 20]
+    for nbytes in data["config"]["zc_bytes"]:
+        for metric in ("set", "get", "view", "hand"):
+            samples = zc[f"{metric}_{nbytes}"]
+            assert len(samples) == repeats and all(x > 0 for x in samples)
+    for fill in ("copyto", "ones"):
+        for side in ("empty", "create"):
+            samples = zc[f"fill_{side}_{fill}_1MiB"]
+            assert len(samples) == repeats and all(x > 0 for x in samples)
+        assert len(zc[f"fill_inplace_{fill}_1MiB"]) == repeats
     table = (out / "results.md").read_text()
     assert "### Targets" in table and "| sharedbox |" in table
+    assert "### Zero-copy arrays" in table and "`d.view(k)` of a 1 KiB array" in table
     # The segments and stores the run made are gone.
     assert data["store_prefix"].startswith("sbxbench")
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(data["store_prefix"] + "_")]
@@ -83,3 +98,54 @@ def test_compare_flags_slower_rows(tmp_path):
     assert flagged == ["sharedbox: get, str value"]
     assert "| sharedbox: get, str value | 100 ns | 112 ns | 1.12× | FLAG |" in table
     assert "| sharedbox: set, str value | 200 ns | 150 ns | 0.75× |  |" in table
+
+
+def test_zerocopy_report_ratios(tmp_path):
+    """The zerocopy job's target rows and tables from synthetic results: the
+    ratios (get ÷ view at 64 MiB, view ÷ the hand-made view, create_array's
+    fill ÷ np.empty's) with the goal beside each, and the plot's extra row."""
+    from benchmarks import report
+
+    sizes = [1 << 10, 8 << 20, 64 << 20, 256 << 20]
+    zc = {}
+    for n in sizes:
+        zc[f"view_{n}"] = [2_000, 2_100, 1_900]
+        zc[f"hand_{n}"] = [800, 800, 800]
+        zc[f"get_{n}"] = [n / 4, n / 4, n / 4]  # 4 bytes per ns
+        zc[f"set_{n}"] = [n / 5] * 3
+    zc[f"view_{256 << 20}"] = [6_000] * 3  # over the 5 µs line
+    for mib in (8, 64):
+        for fill in ("copyto", "ones"):
+            zc[f"fill_empty_{fill}_{mib}MiB"] = [5.0, 5.0, 5.0]
+            zc[f"fill_create_{fill}_{mib}MiB"] = [4.75 if fill == "copyto" else 4.0] * 3
+            zc[f"fill_inplace_{fill}_{mib}MiB"] = [True] * 3
+    data = {"machine": {"date": "then", "cpu": "cpu", "usable_cpus": 2, "cpus": 2,
+                        "memory": "1 GiB", "os": "os", "python": "3", "dev_shm_free": "1 GiB"},
+            "config": {"repeats": 3, "n": 100, "array_mib": [8, 64], "zc_bytes": sizes,
+                       "zc_ops": 1000, "readers": [1, 2], "writers": [1, 2]},
+            "labels": {"sharedbox": "sharedbox"}, "versions": {}, "skipped": {}, "errors": {},
+            "results": {"zerocopy": {"sharedbox": zc}}}
+    rows = {r[0]: r[1:] for r in report.zc_targets(data)}
+    assert rows["`d.view(k)` of a 1 KiB array, in a second process (view + release)"] == (
+        "2.0 µs", "≤ 5.0 µs", "met")
+    assert rows["`d.view(k)` of a 256 MiB array, in a second process (view + release)"][2] == (
+        "**not met**")
+    get_view = rows["`d[k]` ÷ `d.view(k)`, 64 MiB array, same process"]
+    assert get_view == ("8,389× (16.8 ms vs 2.0 µs)", "≥ 1,000×", "met")
+    hand = ("`d.view(k)` ÷ hand-made `np.ndarray(shape, dtype, buffer=shm.buf)` over "
+            "multiprocessing.shared_memory, ")
+    assert rows[hand + "1 KiB"] == ("2.50× (2.0 µs vs 800 ns)", "≤ 2×", "**not met**")
+    fill = ("`create_array` + fill + publish of 64 MiB ÷ fill of a fresh `np.empty`, "
+            "same process (fill: ")
+    assert rows[fill + "`np.copyto(arr, src)`)"] == ("95% (4.8 vs 5.0 GB/s)", "≥ 90%", "met")
+    assert rows[fill + "`arr[...] = 1`)"] == ("80% (4.0 vs 5.0 GB/s)", "≥ 90%", "**not met**")
+    table = report.markdown(data)
+    assert "| `d.view(k)` (no copy) | 2.0 µs ±5% | 2.0 µs ±5% | 2.0 µs ±5% | 6.0 µs ±0% |" in table
+    assert "| `d[k]` ÷ `d.view(k)` | 0.13× | 1,049× | 8,389× | 11,185× |" in table
+    assert "| 64 MiB | `np.copyto(arr, src)` | 5.00 ±0% | 4.75 ±0% | 95% | yes | 5.00 ±0% |" in table
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert report.plot(data, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 0
