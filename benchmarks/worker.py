@@ -767,6 +767,13 @@ def _fill_ones(arr, src) -> None:
 ZC_FILLS = {"copyto": _fill_copyto, "ones": _fill_ones}
 
 
+def _minor_faults() -> int:
+    """Page faults of this process so far (each first touch of a page)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _empty_fill(src, fill):
     """The floor of create_array: a fresh np.empty of the same shape, filled
     the same way (returned, so that freeing it is not timed)."""
@@ -792,16 +799,23 @@ def owner_zerocopy(system, job) -> None:
         hand.set_array(key, arr)
         del arr
     # create_array + fill + publish against np.empty + the same fill, in
-    # this process, alternated round by round after one untimed round each
+    # this process, alternated round by round after a first round of each
+    # (kept apart: its block may lie on pages this process never touched).
+    # Below 64 MiB a round is a few ms, within one lost time slice of a
+    # loaded machine, so smaller sizes run more rounds (8 MiB: 8x).
     for mib in job["array_mib"]:
         src = _array(mib << 20)
         key = f"fill{mib}"
+        rounds = repeats * max(1, 64 // mib)
         for name, fill in ZC_FILLS.items():
-            empty, created, inplace = [], [], []
-            for round_ in range(repeats + 1):
+            empty, created, inplace, faults_e, faults_c = [], [], [], [], []
+            for round_ in range(rounds + 1):
+                f0 = _minor_faults()
                 ns_e, got = timed(_empty_fill, src, fill)
+                f1 = _minor_faults()
                 del got
                 ns_c, arr = timed(system.create_fill, key, src, fill)
+                f2 = _minor_faults()
                 require(not arr.flags.writeable, "create_array: writable after the block")
                 view = system.d.view(key)
                 inplace.append(view.__array_interface__["data"][0]
@@ -810,13 +824,40 @@ def owner_zerocopy(system, job) -> None:
                 require(view.shape == src.shape and bool((_probe(view) == want).all()),
                         f"create_array {name} {mib} MiB")
                 del view, arr
-                if round_:
+                if not round_:
+                    results[f"fill_first_{name}_{mib}MiB"] = {
+                        "empty": src.nbytes / ns_e, "create": src.nbytes / ns_c,
+                        "faults_empty": f1 - f0, "faults_create": f2 - f1}
+                else:
                     empty.append(ns_e)
                     created.append(ns_c)
+                    faults_e.append(f1 - f0)
+                    faults_c.append(f2 - f1)
             results[f"fill_empty_{name}_{mib}MiB"] = _bandwidth(empty, src.nbytes)
             results[f"fill_create_{name}_{mib}MiB"] = _bandwidth(created, src.nbytes)
             results[f"fill_inplace_{name}_{mib}MiB"] = inplace[1:]
+            results[f"fill_faults_empty_{name}_{mib}MiB"] = faults_e
+            results[f"fill_faults_create_{name}_{mib}MiB"] = faults_c
         system.d.pop(key)
+        # cold: the first create_array of a fresh store, whose block lies on
+        # pages no process has touched yet (one new store per round)
+        for name, fill in ZC_FILLS.items():
+            for round_ in range(repeats):
+                store = systems.make(job["system"])
+                store.create(f"{job['name']}_cold{mib}{name}{round_}",
+                             dict(job, segment_bytes=2 * src.nbytes + (16 << 20)))
+                f0 = _minor_faults()
+                ns_e, got = timed(_empty_fill, src, fill)
+                f1 = _minor_faults()
+                del got
+                ns_c, arr = timed(store.create_fill, key, src, fill)
+                f2 = _minor_faults()
+                require(store.d.view(key).shape == src.shape, f"cold create_array {name}")
+                del arr
+                store.destroy()
+                for metric, value in (("empty", src.nbytes / ns_e), ("create", src.nbytes / ns_c),
+                                      ("faults_empty", f1 - f0), ("faults_create", f2 - f1)):
+                    results.setdefault(f"cold_{metric}_{name}_{mib}MiB", []).append(value)
         del src
     emit("ready", results=results)
 
