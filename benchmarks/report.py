@@ -922,11 +922,15 @@ def _plot_zc(data, zc, ax_time, ax_fill) -> None:
         ys = [median(zc[f"{metric}_{fill}_{mib}MiB"]) if zc.get(f"{metric}_{fill}_{mib}MiB")
               else 0 for mib, fill, _ in cols]
         ax_fill.bar([j + i * width for j in range(len(cols))], ys, width, label=title)
+    tops = [median(v) for k, v in zc.items() if k.startswith(("fill_empty", "fill_create",
+                                                               "cold_create")) and v]
+    if tops:  # room above the bars for the legend
+        ax_fill.set_ylim(0, 1.35 * max(tops))
     ax_fill.set_xticks([j + width for j in range(len(cols))])
     ax_fill.set_xticklabels([f"{mib} MiB\n{t}" for mib, _, t in cols], fontsize=8)
     ax_fill.set_ylabel("GB/s (higher is better)")
     ax_fill.set_title("Writing an array in place: create_array against np.empty")
-    ax_fill.legend(fontsize=7)
+    ax_fill.legend(fontsize=7, loc="upper left", ncol=3)
 
 
 def update_docs(docs: str, markdown_text: str, plot_path) -> None:
