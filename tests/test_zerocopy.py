@@ -305,7 +305,8 @@ def test_view_dtypes(zd, dtype):
 
 @pytest.mark.parametrize("shape", [(), (0,), (0, 5), (5, 0, 2), (1,), (7,), (2, 3, 4), (1, 1, 1, 1, 5)])
 def test_view_shapes(zd, shape):
-    arr = np.arange(int(np.prod(shape)), dtype="f8").reshape(shape) + 0.5
+    arr = (np.arange(int(np.prod(shape)), dtype="f8") + 0.5).reshape(shape)  # 0-d: an array
+    assert type(arr) is np.ndarray
     zd["a"] = arr
     v = zd.view("a")
     assert type(v) is np.ndarray and v.shape == shape and v.ndim == len(shape)
@@ -589,8 +590,9 @@ def _pin_and_sleep(name, ready):
 
 @pytest.mark.parametrize("trigger", ["get_stats", "segment full"])
 def test_pins_of_a_killed_process_are_reclaimed(name, trigger):
-    """get_stats() reclaims them; so does a write that would otherwise raise
-    SegmentFullError (then it succeeds in the reclaimed space)."""
+    """get_stats() reclaims them (and the stats it returns already show the
+    blocks free); so does a write that would otherwise raise SegmentFullError
+    (then it succeeds in the reclaimed space)."""
     d = SharedDict(name, size=4 << 20, max_keys=5000)
     a = np.arange(250_000, dtype="<u4")
     b = bytes(200_000)
@@ -611,20 +613,22 @@ def test_pins_of_a_killed_process_are_reclaimed(name, trigger):
         pinned = 65536 + a.nbytes + len(b)
         assert s["pinned_bytes"] >= pinned
         assert s["bytes_used"] >= base["bytes_used"] + pinned
-        free_before_kill = s["bytes_free"]
+        if trigger == "segment full":
+            full, _ = fill(d, "pre")  # only the dead process's blocks can make room now
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.join(60)
     assert p.exitcode == -signal.SIGKILL
     if trigger == "segment full":
         keys, written = fill(d)  # no get_stats() before this
-        assert written > free_before_kill + a.nbytes  # possible only in the reclaimed blocks
-        for key in keys:
+        # (values take a little more than their length: allow for the rounding)
+        assert written > pinned // 2, (written, pinned)
+        for key in keys + full:
             del d[key]
     s = assert_no_pins(d)
     assert p.pid not in s["pin_holders"]
-    if trigger == "segment full":
-        assert heap_used(s) == heap_used(base)
+    if trigger == "segment full":  # thousands of keys came and went: allow the index a little
+        assert abs(heap_used(s) - heap_used(base)) <= 4096, (heap_used(s), heap_used(base))
     else:
         assert s["bytes_used"] == base["bytes_used"]
     assert "c" not in d and d._check_integrity() == []
@@ -680,6 +684,7 @@ def test_64_pin_holders_and_reclaiming_them_on_the_next_pin(name, first):
     else:
         with d.create_array("b", 4, "i4") as arr:
             arr[:] = 5
+        del arr  # (published in place, it would hold the record's pin too)
         v = d.view("b")
     s = stats(d)
     assert s["pins"] == 1 and live_holders(s) == {ME: 1}
@@ -947,12 +952,16 @@ def test_create_array_dtypes(zd, dtype):
     got, v = zd["k"], zd.view("k")
     for out in (got, v):
         assert out.dtype == np.dtype(dtype) and out.shape == (4, 6)
-        assert out.tobytes() == data.tobytes()
+        if out.dtype.names:  # field by field: assignment does not copy the padding
+            for field in out.dtype.names:
+                assert out[field].tobytes() == data[field].tobytes(), field
+        else:
+            assert out.tobytes() == data.tobytes()
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (0, 5), (7,), (2, 3, 4), (1, 1, 5)])
 def test_create_array_shapes(zd, shape):
-    data = np.arange(int(np.prod(shape)), dtype="i8").reshape(shape) - 3
+    data = (np.arange(int(np.prod(shape)), dtype="i8") - 3).reshape(shape)
     with zd.create_array("k", shape, "i8") as arr:
         assert arr.shape == shape
         arr[...] = data
@@ -1198,6 +1207,7 @@ def test_create_array_publication_is_atomic(name):
                 arr[128:] = i
     finally:
         stop.set()
+    del arr  # the last frame, published in place, holds a pin
     results = [out.get(timeout=120) for _ in ps]
     for p in ps:
         p.join(60)
