@@ -992,8 +992,51 @@ def test_create_array_refuses_object_arrays_and_too_large_ones(zd):
     assert_no_pins(zd)
 
 
-def _create_array_of(d, key, shape, dtype):
-    with d.create_array(key, shape, dtype) as arr:
+def test_create_array_and_create_bytes_argument_errors(zd):
+    zd["k"] = 1
+    for call, exc in [
+        (lambda: _create_array_of(zd, 5, 3, "u1"), TypeError),  # key not a str
+        (lambda: _create_array_of(zd, "k", (2, -1), "u1"), ValueError),
+        (lambda: _create_array_of(zd, "k", "3", "u1"), TypeError),
+        (lambda: _create_array_of(zd, "k", 3, "u1", order="X"), ValueError),
+        (lambda: _create_array_of(zd, "k", 3, "not a dtype"), TypeError),
+        (lambda: _create_bytes(zd, 5, 3), TypeError),
+        (lambda: _create_bytes(zd, "k", -1), ValueError),
+        (lambda: _create_bytes(zd, "k", 2.0), TypeError),
+    ]:
+        with pytest.raises(exc):
+            call()
+    assert zd["k"] == 1 and len(zd) == 1
+    assert_no_pins(zd)
+
+
+def test_create_array_of_a_new_key_in_a_full_index(name):
+    """max_keys reached: publishing a new key fails with TooManyKeysError,
+    publishes nothing and frees the block; an existing key still works."""
+    from sharedbox import TooManyKeysError
+
+    d = SharedDict(name, {"a": b"1", "b": 2}, size=1 << 20, max_keys=2)
+    d.view("a")  # (whatever a process sets up on its first pin is in the baseline)
+    base = stats(d)
+    with pytest.raises(TooManyKeysError):
+        with d.create_array("c", 1000, "u1") as arr:
+            arr[:] = 1
+    del arr
+    with pytest.raises(TooManyKeysError):
+        _create_bytes(d, "c", 1000)
+    assert "c" not in d and dict(d.items()) == {"a": b"1", "b": 2}
+    s = assert_no_pins(d)
+    # (a refused insert may grow the index table, as d[new] = v does: not counted)
+    assert heap_used(s) == heap_used(base)
+    with d.create_array("a", 1000, "u1") as arr:  # overwriting needs no new key
+        arr[:] = 2
+    del arr
+    assert (d["a"] == 2).all() and d._check_integrity() == []
+    d.close()
+
+
+def _create_array_of(d, key, shape, dtype, order="C"):
+    with d.create_array(key, shape, dtype, order=order) as arr:
         arr[...] = 0
 
 
