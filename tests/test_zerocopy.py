@@ -210,8 +210,7 @@ class Boom(Exception):
 
 @pytest.fixture
 def zd(name):
-    """A 16 MiB SharedDict; after the test no pin may be left and the
-    segment must be intact."""
+    """A 16 MiB SharedDict, checked intact, closed and unlinked after the test."""
     d = SharedDict(name, size=16 << 20, max_keys=5000)
     yield d
     if not d.is_closed():
