@@ -723,6 +723,10 @@ def test_close_keeps_live_views_readable_until_the_last_is_released(name):
     d.unlink()
     assert not os.path.exists(f"/dev/shm/{name}")
     assert np.array_equal(v, a) and mv == b  # still readable once unlinked
+    with SharedDict(name, {"a": np.zeros(10_000, int)}, size=1 << 20) as reused:
+        assert reused["a"].sum() == 0  # a new segment under the same name
+    remove_segment(name)
+    assert np.array_equal(v, a) and mv == b
     del v
     gc.collect()
     assert mapped_here(file) and np.array_equal(part, a[5:50])
@@ -1177,6 +1181,8 @@ def test_no_public_way_to_write_through_a_view(zd):
             arr.setflags(write=True)
         with pytest.raises(ValueError):
             arr[...] = 1
+    strided = np.lib.stride_tricks.as_strided(v, writeable=True)
+    assert not strided.flags.writeable  # "writable if the original array was"
     for buf in (memoryview(v), mv, mv[1:5], mv.cast("I")):
         assert buf.readonly
         with pytest.raises(TypeError):
