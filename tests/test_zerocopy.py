@@ -302,7 +302,8 @@ def test_view_dtypes(zd, dtype):
     assert_is_in_segment(zd.name, v)
 
 
-@pytest.mark.parametrize("shape", [(), (0,), (0, 5), (5, 0, 2), (1,), (7,), (2, 3, 4), (1, 1, 1, 1, 5)])
+@pytest.mark.parametrize(
+    "shape", [(), (0,), (0, 5), (5, 0, 2), (1,), (7,), (2, 3, 4), (1, 1, 1, 1, 5)])
 def test_view_shapes(zd, shape):
     arr = (np.arange(int(np.prod(shape)), dtype="f8") + 0.5).reshape(shape)  # 0-d: an array
     assert type(arr) is np.ndarray
@@ -776,7 +777,8 @@ ORDERS = textwrap.dedent(
         """The label of a live view whose contents changed, or None."""
         for label, box in held.items():
             got = box[0]
-            same = (got == expected[label]) if label == "bytes" else np.array_equal(got, expected[label])
+            want = expected[label]
+            same = (got == want) if label == "bytes" else np.array_equal(got, want)
             if not same:
                 return label
         return None
@@ -1232,8 +1234,8 @@ def _watch_publications(name, barrier, stop, out):
                     bad.append(("changed", value))
         reads += 1
     final = d["frame"]  # read after the last publication
-    out.put((reads, int(final[0, 0]) if final.shape == SHAPE and final.min() == final.max() else None,
-             bad[:5]))
+    complete = final.shape == SHAPE and final.min() == final.max()
+    out.put((reads, int(final[0, 0]) if complete else None, bad[:5]))
     del views, v
     d.close()
 
