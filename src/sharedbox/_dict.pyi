@@ -15,8 +15,10 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from typing import Any, ClassVar, NoReturn, TypedDict, type_check_only
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Literal, NoReturn, TypedDict, type_check_only
 
+from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Self
 
 from ._core import SharedDictCore
@@ -49,6 +51,10 @@ class _Stats(TypedDict):
     stripes: int
     entries: int
     recoveries: int
+    pins: int
+    pinned_bytes: int
+    pin_holders: dict[int, int]
+    max_pins_per_process: int
 
 @type_check_only
 class _SizingRecommendation(TypedDict):
@@ -138,5 +144,14 @@ class SharedDict(SharedDictCore, MutableMapping[str, Any]):
         self, key: str, version: int | None = ..., timeout: float | None = None
     ) -> int | None: ...
     def lock(self, name: str = "default") -> SharedLock: ...
+    def view(self, key: str) -> NDArray[Any] | memoryview: ...
+    def create_array(
+        self,
+        key: str,
+        shape: int | tuple[int, ...],
+        dtype: DTypeLike,
+        order: Literal["C", "F"] = "C",
+    ) -> AbstractContextManager[NDArray[Any]]: ...
+    def create_bytes(self, key: str, nbytes: int) -> AbstractContextManager[memoryview]: ...
     def get_stats(self) -> _Stats: ...
     def recommend_sizing(self, target_entries: int | None = None) -> _SizingAdvice: ...
