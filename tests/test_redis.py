@@ -71,6 +71,9 @@ def test_public_api_matches_shareddict():
     # Properties of a POSIX segment: its size, lock stripes, creator and
     # permission bits (Redis controls access with AUTH/ACLs and TLS URLs).
     shm_only = {"segment_size", "stripes", "creator_pid", "mode"}
+    # Zero-copy reads and in-place writes need the value in this machine's
+    # memory; a Redis value is always copied over the socket.
+    shm_only |= {"view", "create_array", "create_bytes"}
     coordination = {"incr", "compare_and_set", "lock", "version", "wait", "wait_async"}
     shared = {n for n in dir(SharedDict) if not n.startswith("_")} - shm_only
     missing = (shared | coordination) - set(dir(RedisDict))

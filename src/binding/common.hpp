@@ -32,6 +32,18 @@ struct Registry {
   PyObject* pickle_loads = nullptr;
   PyObject* array_header = nullptr;
   PyObject* array_new = nullptr;
+  PyObject* array_dtype = nullptr;   // _codec.dtype_of_descr: descr bytes -> numpy.dtype
+  PyObject* frombuffer = nullptr;    // numpy.frombuffer, imported on the first view
+  PyObject* numpy_frombuffer() {
+    if (!frombuffer) {
+      PyObject* np = PyImport_ImportModule("numpy");
+      if (!np) throw nb::python_error();
+      frombuffer = PyObject_GetAttrString(np, "frombuffer");  // kept for the process's life
+      Py_DECREF(np);
+      if (!frombuffer) throw nb::python_error();
+    }
+    return frombuffer;
+  }
   PyObject* ndarray_type = nullptr;  // set once numpy has been imported
 };
 extern Registry g;

@@ -22,6 +22,7 @@
 #include "inspect.hpp"
 #include "update.hpp"
 #include "values.hpp"
+#include "views.hpp"
 
 namespace sbx::py {
 
@@ -238,11 +239,75 @@ class Core {
     return out;
   }
 
+  // Zero-copy (views.hpp).  The value of key, in place: a read-only ndarray
+  // or memoryview whose base (a PinnedBuffer) holds the record's pin.
+  nb::object view(PyObject* key) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    ViewCheck check;
+    sbx::Pin pin;
+    bool found;
+    try {
+      found = d->pin(k, check, &pin);
+    } catch (const NotViewable& nv) {
+      std::string msg = std::string("view() returns arrays and bytes without copying; the value "
+                                    "of this key is ") + tag_name(nv.tag) + ": use d[key]";
+      throw nb::type_error(msg.c_str());
+    }
+    if (!found) {
+      PyErr_SetObject(PyExc_KeyError, key);
+      throw nb::python_error();
+    }
+    const bool is_bytes = check.tag == codec::kBytes;
+    uint8_t* data = is_bytes ? pin.value + 1 : pin.value + check.array.data_at;
+    uint64_t len = is_bytes ? pin.value_len - 1 : check.array.nbytes;
+    nb::object holder = own_pin(pin, data, len, false);
+    if (is_bytes) return nb::steal(PyMemoryView_FromObject(holder.ptr()));
+    const ArrayHeader& h = check.array;
+    return array_over(holder, h.descr, h.descr_len, h.shape, h.ndim, h.fortran);
+  }
+
+  // A writable block for key's next value, filled in place and published by
+  // publish_built (SharedDict.create_array / create_bytes).  descr is None
+  // for bytes; else the array's descr, shape and order.
+  nb::object begin_build(PyObject* key, nb::handle descr, nb::handle shape, bool fortran,
+                         uint64_t nbytes) {
+    Use d(this);
+    KeyBytes kb = key_bytes(key);
+    sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    const bool is_bytes = descr.is_none();
+    std::string head;
+    if (is_bytes) {
+      head.assign(1, char(codec::kBytes));
+    } else {
+      nb::bytes db = nb::cast<nb::bytes>(descr);
+      head = array_head(db.c_str(), db.size(), shape, fortran, nbytes);
+    }
+    HeadSource src(std::move(head), !is_bytes, nbytes);
+    sbx::Pin pin;
+    d->begin_build(k, src, nbytes, &pin);
+    return own_pin(pin, pin.value + pin.data_at, nbytes, true);
+  }
+
+  // Publishes the block of `buffer` as key's value (atomically); the buffer
+  // then pins the published record and is read-only.
+  void publish_built(PyObject* key, PinnedBuffer& buffer) {
+    Use d(this);
+    if (&buffer.dict() != dict_.get())
+      throw nb::value_error("this block belongs to another SharedDict handle");
+    KeyBytes kb = key_bytes(key);
+    d->publish_built(d->key(kb.data, size_t(kb.len)), buffer.pin());
+    buffer.make_read_only();
+  }
+
   nb::dict stats() {
     sbx::Stats st;
+    sbx::PinStats pins;
     {
       Use d(this);
       st = d->stats();
+      pins = d->pin_stats();
     }
     nb::dict r;
     r["segment_bytes"] = st.segment_bytes;
@@ -258,6 +323,12 @@ class Core {
     r["value_bytes"] = st.value_bytes;
     r["record_bytes"] = st.record_bytes;
     r["table_bytes"] = st.table_bytes;
+    r["pins"] = pins.pins;
+    r["pinned_bytes"] = pins.pinned_bytes;
+    r["max_pins_per_process"] = pins.max_pins_per_process;
+    nb::dict holders;
+    for (const sbx::PinHolder& h : pins.holders) holders[nb::int_(h.pid)] = h.pins;
+    r["pin_holders"] = holders;
     return r;
   }
 
@@ -394,6 +465,21 @@ class Core {
   }
 
  private:
+  // Wraps a pin this thread just took in a PinnedBuffer, which releases it
+  // when it dies (even if making it fails half way).
+  nb::object own_pin(const sbx::Pin& pin, uint8_t* data, uint64_t len, bool writable) {
+    std::unique_ptr<PinnedBuffer> b;
+    try {
+      b = std::make_unique<PinnedBuffer>(dict_, pin, data, len, writable);
+    } catch (...) {
+      dict_->unpin(pin);
+      throw;
+    }
+    nb::object holder = nb::cast(b.get(), nb::rv_policy::take_ownership);
+    b.release();
+    return holder;
+  }
+
   void release() {
     if (!released_.exchange(true, std::memory_order_acq_rel)) dict_.reset();
   }
@@ -415,7 +501,9 @@ class Core {
     return *handles;
   }
 
-  std::unique_ptr<sbx::Dict> dict_;
+  // Shared with the views (PinnedBuffer): the mapping outlives close() while
+  // any view lives.
+  std::shared_ptr<sbx::Dict> dict_;
   nb::object keys_cache_;                  // see keys()
   std::vector<uint64_t> keys_cache_seqs_;
   std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed

@@ -105,8 +105,10 @@ namespace {
 const char* kErrorNames[] = {
     "InvalidArgument", "NotFound", "PermissionDenied", "NoSpaceOnDevice", "Incompatible",
     "NotReady", "SegmentFull", "ValueTooLarge", "TooManyKeys", "Corrupt", "System",
-    "TooManyLocks", "LockMisuse",
+    "TooManyLocks", "LockMisuse", "TooManyViews",
 };
+static_assert(sizeof(kErrorNames) / sizeof(kErrorNames[0]) <= kPickleRefusedIndex,
+              "error codes must not reach the indices kept for Python-side errors");
 }  // namespace
 
 void register_error_types(nb::dict types) {

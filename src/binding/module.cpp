@@ -78,6 +78,24 @@ Py_ssize_t slot_len(PyObject* self) {
   }
 }
 
+int pinned_getbuffer(PyObject* self, Py_buffer* view, int flags) {
+  if (!nb::inst_ready(nb::handle(self))) {
+    PyErr_SetString(PyExc_BufferError, "this PinnedBuffer is not initialised");
+    return -1;
+  }
+  return nb::inst_ptr<PinnedBuffer>(nb::handle(self))->get_buffer(self, view, flags);
+}
+
+void pinned_releasebuffer(PyObject* self, Py_buffer*) {
+  nb::inst_ptr<PinnedBuffer>(nb::handle(self))->release_buffer();
+}
+
+PyType_Slot pinned_slots[] = {
+    {Py_bf_getbuffer, reinterpret_cast<void*>(pinned_getbuffer)},
+    {Py_bf_releasebuffer, reinterpret_cast<void*>(pinned_releasebuffer)},
+    {0, nullptr},
+};
+
 PyType_Slot core_slots[] = {
     {Py_mp_subscript, reinterpret_cast<void*>(slot_getitem)},
     {Py_mp_ass_subscript, reinterpret_cast<void*>(slot_setitem)},
@@ -138,7 +156,8 @@ NB_MODULE(_core, m) {
 
   m.def("_set_error_types", &register_error_types);
   m.def("_set_codec", [](nb::object dumps, nb::object loads, nb::object array_header,
-                         nb::object array_new) {
+                         nb::object array_new, nb::object array_dtype) {
+    g.array_dtype = array_dtype.inc_ref().ptr();
     g.pickle_dumps = dumps.inc_ref().ptr();
     g.pickle_loads = loads.inc_ref().ptr();
     nb::module_ pickle = nb::module_::import_("pickle");
@@ -173,6 +192,21 @@ NB_MODULE(_core, m) {
   m.def("_name_state", &name_state, "name"_a, "created_ns"_a, "seed"_a,
         "'current', 'missing' or 'replaced': what the name refers to now, compared with the "
         "segment of this identity (a handle's _identity).");
+
+  m.def("_refcounts",
+        [](nb::handle a, nb::handle b) { return std::make_pair(Py_REFCNT(a.ptr()), Py_REFCNT(b.ptr())); },
+        "a"_a, "b"_a,
+        "The reference counts of a and b (create_array's check that no view of its array "
+        "outlives the with-block).");
+
+  nb::class_<PinnedBuffer>(m, "PinnedBuffer", nb::type_slots(pinned_slots),
+                           "Shared memory that a zero-copy view or a block being built keeps "
+                           "pinned; the base object of their arrays and memoryviews.")
+      .def_prop_ro("exports", &PinnedBuffer::exports, "Buffers exported from it now.")
+      .def_prop_ro("writable", &PinnedBuffer::writable,
+                   "True while the block is being built (create_array).")
+      .def("_make_read_only", &PinnedBuffer::make_read_only,
+           "Refuse writable buffers from now on (a block whose build was abandoned).");
 
   nb::class_<Core> core(m, "SharedDictCore", nb::type_slots(core_slots));
   core
@@ -213,6 +247,26 @@ NB_MODULE(_core, m) {
            "key"_a.none(), "data"_a, "Store encoded bytes (from _get_raw or encode_value) as key's value.")
       .def("_check_integrity", &Core::check)
       .def("_stripe_items", &Core::stripe_items, "stripe"_a)
+      .def("view", [](Core& c, nb::handle key) { return c.view(key.ptr()); }, "key"_a.none(),
+           "The value of key without copying it: a read-only numpy.ndarray for an array, a\n"
+           "read-only memoryview for bytes.\n\n"
+           "The view reads the record in shared memory and pins it: as long as any object\n"
+           "uses that memory (the array, slices of it, buffers made from it), the record's\n"
+           "memory is not reused, so the view never changes, even when other processes\n"
+           "overwrite or delete the key (they and every later reader see the new value).\n"
+           "A record replaced while pinned stays counted in bytes_used until its last view\n"
+           "is gone (get_stats()['pinned_bytes']).  close() keeps the mapping while views\n"
+           "live.\n\n"
+           "Raises KeyError (absent), TypeError (another value type: use d[key]; or a key\n"
+           "that is not a str), TooManyViewsError (this process holds\n"
+           "max_pins_per_process pins), SharedDictClosedError.")
+      .def("_begin_build",
+           [](Core& c, nb::handle key, nb::handle descr, nb::handle shape, bool fortran,
+              uint64_t nbytes) { return c.begin_build(key.ptr(), descr, shape, fortran, nbytes); },
+           "key"_a.none(), "descr"_a.none(), "shape"_a.none(), "fortran"_a, "nbytes"_a)
+      .def("_publish_built",
+           [](Core& c, nb::handle key, PinnedBuffer& b) { c.publish_built(key.ptr(), b); },
+           "key"_a.none(), "buffer"_a)
       .def("_incr", [](Core& c, nb::handle key, nb::handle delta) {
              return c.incr(key.ptr(), delta.ptr());
            }, "key"_a.none(), "delta"_a.none())

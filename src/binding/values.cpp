@@ -12,6 +12,26 @@ void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_g
   }
 }
 
+std::string array_head(const char* descr, size_t descr_len, nb::handle shape_obj, bool fortran,
+                       uint64_t nbytes) {
+  nb::tuple shape = nb::cast<nb::tuple>(shape_obj);
+  size_t ndim = nb::len(shape);
+  if (ndim > codec::kArrayMaxDims || descr_len > 0xFFFF)
+    throw nb::value_error("array has too many dimensions or too complex a dtype to store");
+  std::string head(1, char(codec::kNdarray));
+  head.push_back(char(fortran ? 1 : 0));
+  head.push_back(char(ndim));
+  uint16_t dl = uint16_t(descr_len);
+  head.append(reinterpret_cast<const char*>(&dl), 2);
+  head.append(reinterpret_cast<const char*>(&nbytes), 8);
+  for (size_t i = 0; i < ndim; ++i) {
+    uint64_t d = nb::cast<uint64_t>(shape[i]);
+    head.append(reinterpret_cast<const char*>(&d), 8);
+  }
+  head.append(descr, descr_len);
+  return head;
+}
+
 bool parse_array(const uint8_t* v, uint64_t n, uint64_t segment_off, ArrayHeader* h) {
   if (n < codec::kArrayFixedHeader) return false;
   h->fortran = v[1] & 1;

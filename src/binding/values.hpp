@@ -16,6 +16,10 @@
 namespace sbx::py {
 
 void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_gil);
+// The head of an ndarray value (codec.hpp), everything before the padding.
+// shape: a tuple of ints; ValueError for too many dimensions or too long a descr.
+std::string array_head(const char* descr, size_t descr_len, nb::handle shape, bool fortran,
+                       uint64_t nbytes);
 
 
 class Encoded : public sbx::ValueSource {
@@ -152,24 +156,10 @@ class Encoded : public sbx::ValueSource {
     // (descr: bytes, shape: tuple, fortran: bool, data_ptr: int, nbytes: int, keepalive)
     nb::tuple t = nb::cast<nb::tuple>(parts);
     nb::bytes descr = nb::cast<nb::bytes>(t[0]);
-    nb::tuple shape = nb::cast<nb::tuple>(t[1]);
     bool fortran = nb::cast<bool>(t[2]);
     uintptr_t ptr = nb::cast<uintptr_t>(t[3]);
     uint64_t nbytes = nb::cast<uint64_t>(t[4]);
-    size_t ndim = nb::len(shape);
-    if (ndim > codec::kArrayMaxDims || descr.size() > 0xFFFF)
-      throw nb::value_error("array has too many dimensions or too complex a dtype to store");
-    head_.assign(1, char(codec::kNdarray));
-    head_.push_back(char(fortran ? 1 : 0));
-    head_.push_back(char(ndim));
-    uint16_t dl = uint16_t(descr.size());
-    head_.append(reinterpret_cast<const char*>(&dl), 2);
-    head_.append(reinterpret_cast<const char*>(&nbytes), 8);
-    for (size_t i = 0; i < ndim; ++i) {
-      uint64_t d = nb::cast<uint64_t>(shape[i]);
-      head_.append(reinterpret_cast<const char*>(&d), 8);
-    }
-    head_.append(descr.c_str(), descr.size());
+    head_ = array_head(descr.c_str(), descr.size(), t[1], fortran, nbytes);
     payload_ = reinterpret_cast<const uint8_t*>(ptr);
     payload_len_ = nbytes;
     align_ = true;

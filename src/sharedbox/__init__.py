@@ -30,6 +30,7 @@ from .errors import (
     SharedDictOpenError,
     TooManyKeysError,
     TooManyLocksError,
+    TooManyViewsError,
     ValueTooLargeError,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "MISSING",
     "SharedLock",
     "TooManyLocksError",
+    "TooManyViewsError",
     "DEFAULT_SIZE",
     "DEFAULT_MAX_KEYS",
     "SharedBoxError",

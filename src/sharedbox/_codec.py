@@ -93,3 +93,29 @@ def array_new(descr: bytes, shape: tuple, fortran: bool, nbytes: int):
         raise ValueError("a stored array's shape and dtype do not match its data size")
     arr = np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     return arr, arr.__array_interface__["data"][0], arr.nbytes
+
+
+def dtype_of_descr(descr: bytes):
+    """The dtype of a stored array (SharedDict.view builds the array itself)."""
+    try:
+        return _descr_to_dtype(descr)
+    except Exception as exc:
+        raise ValueError(f"a stored array has an unreadable dtype {descr!r}") from exc
+
+
+def descr_of(dtype) -> bytes:
+    """The descr the codec stores for dtype (create_array); ValueError if it cannot."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        raise TypeError("create_array() cannot hold Python objects (dtype object): store such "
+                        "arrays with d[key] = array, which pickles them")
+    descr = _descr_of.get(dtype)
+    if descr is None:
+        descr = repr(np.lib.format.dtype_to_descr(dtype)).encode()
+        if _descr_to_dtype(descr) != dtype:
+            raise TypeError(f"create_array() cannot store dtype {dtype!r} natively; use d[key] = array")
+        if len(_descr_of) < _CACHE_LIMIT:
+            _descr_of[dtype] = descr
+    return descr

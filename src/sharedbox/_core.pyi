@@ -51,8 +51,30 @@ def _set_codec(
     arg1: Callable[[bytes], Any],
     arg2: Callable[[Any], Any],
     arg3: Callable[[bytes, tuple[int, ...], bool, int], Any],
+    arg4: Callable[[bytes], Any],
     /,
 ) -> None: ...
+def _refcounts(a: object, b: object) -> tuple[int, int]:
+    """
+    The reference counts of a and b (create_array's check that no view of its array outlives the with-block).
+    """
+
+@disjoint_base  # instances have a C layout: no second native base is possible
+class PinnedBuffer:
+    """
+    Shared memory that a zero-copy view or a block being built keeps pinned; the base object of their arrays and memoryviews.
+    """
+
+    @property
+    def exports(self) -> int:
+        """Buffers exported from it now."""
+
+    @property
+    def writable(self) -> bool:
+        """True while the block is being built (create_array)."""
+
+    def _make_read_only(self) -> None:
+        """Refuse writable buffers from now on (a block whose build was abandoned)."""
 def default_stripes(max_keys: int) -> int:
     """The stripe count a SharedDict with this max_keys gets by default."""
 
@@ -103,7 +125,7 @@ class SharedDictCore:
     def _pop(self, key: str, default: Any) -> Any: ...
     def _discard(self, key: str) -> bool: ...
     def _keys(self, atomic: bool) -> list[str]: ...
-    def _stats(self) -> dict[str, int]: ...
+    def _stats(self) -> dict[str, Any]: ...
     def _get_raw(self, key: str) -> bytes | None:
         """The encoded bytes of key's value (canonical form), or None."""
 
@@ -112,6 +134,20 @@ class SharedDictCore:
 
     def _check_integrity(self) -> list[str]: ...
     def _stripe_items(self, stripe: int) -> list[tuple[str, Any]]: ...
+    def view(self, key: str) -> Any:
+        """
+        The value of key without copying it: a read-only ndarray (arrays) or memoryview (bytes) that pins the record while any object uses it.
+        """
+
+    def _begin_build(
+        self,
+        key: str,
+        descr: bytes | None,
+        shape: tuple[int, ...] | None,
+        fortran: bool,
+        nbytes: int,
+    ) -> PinnedBuffer: ...
+    def _publish_built(self, key: str, buffer: PinnedBuffer) -> None: ...
     def _incr(self, key: str, delta: int | float) -> int | float: ...
     def _compare_and_set(self, key: str, expected: Any, missing: bool, value: Any) -> bool: ...
     def _version(self, key: str) -> int | None: ...

@@ -17,11 +17,12 @@ import weakref
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any, Iterator, Optional
 
-from . import _codec, _core
+from . import _codec, _core, _zerocopy
 from ._lock import SharedLock, _check_timeout
 from ._sentinel import MISSING
 from .errors import (
     TooManyLocksError,
+    TooManyViewsError,
     CorruptSegmentError,
     IncompatibleSegmentError,
     InsufficientSharedMemoryError,
@@ -96,6 +97,7 @@ _WAIT_SLICE_S = 1.0
 _core._set_error_types(
     {
         "TooManyLocks": TooManyLocksError,
+        "TooManyViews": TooManyViewsError,
         "NotFound": SegmentNotFoundError,
         "NoSpaceOnDevice": InsufficientSharedMemoryError,
         "Incompatible": IncompatibleSegmentError,
@@ -108,7 +110,9 @@ _core._set_error_types(
         "PickleRefused": PickleRefusedError,
     }
 )
-_core._set_codec(_codec.dumps, _codec.loads, _codec.array_header, _codec.array_new)
+_core._set_codec(
+    _codec.dumps, _codec.loads, _codec.array_header, _codec.array_new, _codec.dtype_of_descr
+)
 
 
 def _check_int(name: str, value: Any, low: int, high: Optional[int] = None) -> int:
@@ -649,6 +653,34 @@ class SharedDict(_core.SharedDictCore):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"{key!r} did not change within {timeout} s")
 
+    # -- zero-copy -------------------------------------------------------------
+
+    def create_array(
+        self, key: str, shape: Any, dtype: Any, order: str = "C"
+    ) -> _zerocopy.ArrayBuilder:
+        """``with d.create_array(key, shape, dtype) as arr:`` fill ``arr``
+        (a writable ndarray in the segment) in place; leaving the block
+        normally publishes it as ``d[key]`` in one atomic step, without a
+        copy.  An exception publishes nothing (the old value stays) and the
+        block is freed once ``arr`` is gone.  After the block ``arr`` is
+        read-only.  If a view of ``arr`` made inside the block (a slice, a
+        memoryview, another name for it) is still alive when it ends, the
+        value is published as a copy instead, so that no writable view of a
+        published record can exist.
+
+        Raises TypeError (object dtype, bad shape), ValueError (bad order),
+        SegmentFullError, TooManyKeysError (at publication),
+        TooManyViewsError, SharedDictClosedError.
+        """
+        return _zerocopy.ArrayBuilder(self, key, shape, dtype, order)
+
+    def create_bytes(self, key: str, nbytes: int) -> _zerocopy.BytesBuilder:
+        """``with d.create_bytes(key, nbytes) as mv:`` the bytes version of
+        :meth:`create_array`: ``mv`` is a writable memoryview of ``nbytes``
+        bytes in the segment, published as ``d[key]`` (bytes) at the end of
+        the block and released then."""
+        return _zerocopy.BytesBuilder(self, key, nbytes)
+
     def lock(self, name: str = "default") -> SharedLock:
         """A lock named ``name`` shared by every process of this dict (see
         :class:`sharedbox.SharedLock`): for read-modify-write in Python code.
@@ -671,7 +703,12 @@ class SharedDict(_core.SharedDictCore):
         index tables); largest_free_block: the largest record that fits now;
         record_bytes, index_bytes: the parts of bytes_used taken by records
         and by the index; recoveries: repairs made after a process died
-        holding a lock.
+        holding a lock (or holding views); pins: zero-copy pins held now, in
+        every process (one per record per process: ``view``,
+        ``create_array``); pinned_bytes: memory kept only by pins (records
+        replaced or deleted while viewed, and blocks being built);
+        pin_holders: {pid: pins} of the processes holding them;
+        max_pins_per_process.  Pins of processes that died are freed first.
 
         Raises SharedDictClosedError.  Takes the allocator lock briefly."""
         return self._summarise(self._stats())
@@ -695,6 +732,10 @@ class SharedDict(_core.SharedDictCore):
             "stripes": raw["stripes"],
             "entries": n,
             "recoveries": raw["recoveries"],
+            "pins": raw["pins"],
+            "pinned_bytes": raw["pinned_bytes"],
+            "pin_holders": raw["pin_holders"],
+            "max_pins_per_process": raw["max_pins_per_process"],
         }
 
     def recommend_sizing(self, target_entries: Optional[int] = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ __all__ = [
     "SegmentMismatchWarning",
     "BackendUnavailableError",
     "TooManyLocksError",
+    "TooManyViewsError",
 ]
 
 
@@ -113,6 +114,13 @@ class PickleRefusedError(SharedBoxError, ValueError):
 
 class TooManyLocksError(SharedBoxError, RuntimeError):
     """Every named-lock slot of the segment is taken (``SharedDict.lock``)."""
+
+
+class TooManyViewsError(SegmentFullError):
+    """This process holds as many zero-copy views (pins) of the segment as it
+    may, or 64 processes already hold views of it (``SharedDict.view``,
+    ``create_array``, ``create_bytes``).  Release views you no longer need;
+    ``get_stats()["pin_holders"]`` shows which processes hold them."""
 
 
 class BackendUnavailableError(SharedBoxError, RuntimeError):

@@ -306,6 +306,70 @@ class ReplaceIfEqual : public sbx::UpdateFn {
   sbx_test::StringSource src_;
 };
 
+// Pins (zero-copy views): every value may be pinned.
+class AcceptAll : public sbx::PinCheck {
+ public:
+  void check(const uint8_t*, uint64_t, uint64_t) override {}
+};
+
+sbx::Pin pin_key(sbx::Dict& d, const std::string& k) {
+  AcceptAll all;
+  sbx::Pin p;
+  if (!d.pin(d.key(k.data(), k.size()), all, &p)) {
+    std::fprintf(stderr, "pin: key %s is absent\n", k.c_str());
+    std::_Exit(5);
+  }
+  return p;
+}
+
+// The start of a value that begin_build() writes; the caller writes the rest.
+class PrefixSource : public sbx::ValueSource {
+ public:
+  PrefixSource(std::string prefix, uint64_t rest) : prefix_(std::move(prefix)), rest_(rest) {}
+  uint64_t max_bytes() const override { return prefix_.size() + rest_; }
+  uint64_t write(uint8_t* dst, uint64_t) override {
+    std::memcpy(dst, prefix_.data(), prefix_.size());
+    return prefix_.size();
+  }
+
+ private:
+  std::string prefix_;
+  uint64_t rest_;
+};
+
+// Builds `value` for k in place: the first 8 bytes through begin_build's
+// head, the rest written by hand, as create_array's caller fills its array.
+sbx::Pin build(sbx::Dict& d, const std::string& k, const std::string& value) {
+  PrefixSource head(value.substr(0, 8), value.size() - 8);
+  sbx::Pin p;
+  d.begin_build(d.key(k.data(), k.size()), head, value.size() - 8, &p);
+  std::memcpy(p.value + p.data_at, value.data() + 8, value.size() - 8);
+  return p;
+}
+
+// In a child that then dies (SIGKILL): pins one record, pins another and
+// overwrites it (a retired pin), and builds a block it never publishes; so
+// the segment holds a dead process's pins of every kind.
+void die_holding_pins(State& st) {
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    pin_key(*st.d, "k0001");
+    pin_key(*st.d, "k0002");
+    put(*st.d, "k0002", make_value("k0002", 1, 300));
+    build(*st.d, "k0003", make_value("k0003", 1, 700));
+    ::raise(SIGKILL);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0) {
+  }
+  if (!WIFSIGNALED(status)) {
+    std::fprintf(stderr, "setup: the pinning child did not die as planned\n");
+    std::exit(2);
+  }
+  st.acked["k0002"] = make_value("k0002", 1, 300);
+}
+
 std::vector<Scenario> scenarios() {
   std::vector<Scenario> v;
   const uint64_t small = 256 << 10;
@@ -444,6 +508,65 @@ std::vector<Scenario> scenarios() {
                  st.claims_lock = true;
                },
                [](State& st) { st.d->named_lock("jobs"); }});
+  // Pins.  A view of a record that is then overwritten: the pin takes the
+  // old block over, and the unpin frees it (the deferred free).
+  v.push_back({"pin_overwrite_unpin", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 400));
+                 set_new(st, "k0001", make_value("k0001", 1, 200));
+               },
+               [](State& st) {
+                 sbx::Pin p = pin_key(*st.d, st.key);
+                 put(*st.d, st.key, st.new_value);
+                 // The view still reads the old value, whole.
+                 if (std::string(reinterpret_cast<const char*>(p.value), p.value_len) != st.old_value)
+                   std::_Exit(6);
+                 st.d->unpin(p);
+               }});
+  // A view of a record that is deleted, and the viewer dies holding it.
+  v.push_back({"pin_erase", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 400));
+                 set_erase(st, "k0001");
+               },
+               [](State& st) {
+                 pin_key(*st.d, st.key);
+                 erase(*st.d, st.key);
+               }});
+  // A view taken and released while the record lives.
+  v.push_back({"pin_unpin", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 400));
+                 set_new(st, "k0001", make_value("k0001", 0, 400));
+               },
+               [](State& st) { st.d->unpin(pin_key(*st.d, st.key)); }});
+  // create_array: build in place, publish over an old value, let go.
+  v.push_back({"build_publish", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 400));
+                 set_new(st, "k0001", make_value("k0001", 1, 900));
+               },
+               [](State& st) {
+                 sbx::Pin p = build(*st.d, st.key, st.new_value);
+                 st.d->publish_built(st.d->key(st.key.data(), st.key.size()), p);
+                 st.d->unpin(p);
+               }});
+  // create_array left by an exception: the block is freed, nothing published.
+  v.push_back({"build_abandon", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 400));
+                 set_new(st, "k0001", make_value("k0001", 0, 400));
+               },
+               [](State& st) { st.d->unpin(build(*st.d, st.key, make_value("k0001", 1, 900))); }});
+  // A process died holding pins of every kind: the next one frees them.
+  v.push_back({"reclaim_dead_pins", small, 64, 1, [](State& st) {
+                 plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 400));
+                 ack(st, "k0002", make_value("k0002", 0, 500));
+                 die_holding_pins(st);
+                 set_new(st, "k0001", make_value("k0001", 0, 400));
+               },
+               [](State& st) { st.d->reclaim_dead_pins(); }});
   return v;
 }
 
@@ -517,6 +640,11 @@ void check_after(State& st) {
       }
     }
     for (const std::string& p : d.check_integrity()) fail("check_integrity(): " + p);
+    // Every process that pinned is dead now: their pins are freed, and the
+    // blocks they kept go back to the allocator (check_integrity again).
+    d.reclaim_dead_pins();
+    if (uint64_t n = d.pin_stats().pins) fail(std::to_string(n) + " pins left after reclaiming");
+    for (const std::string& p : d.check_integrity()) fail("after reclaiming pins: " + p);
 
     for (const auto& [k, v] : st.acked) {
       std::string got;
@@ -581,6 +709,7 @@ const std::vector<std::pair<const char*, std::function<void(sbx::Dict&)>>>& reco
   static const std::vector<std::pair<const char*, std::function<void(sbx::Dict&)>>> r = {
       {"check_integrity", [](sbx::Dict& d) { (void)d.check_integrity(); }},
       {"len", [](sbx::Dict& d) { (void)d.exact_size(); }},
+      {"reclaim_dead_pins", [](sbx::Dict& d) { (void)d.reclaim_dead_pins(); }},
   };
   return r;
 }

@@ -68,6 +68,7 @@ const char* errc_name(sbx::Errc c) {
     case sbx::Errc::TooManyKeys: return "TooManyKeys";
     case sbx::Errc::Corrupt: return "Corrupt";
     case sbx::Errc::System: return "System";
+    case sbx::Errc::TooManyViews: return "TooManyViews";
     case sbx::Errc::TooManyLocks: return "TooManyLocks";
     case sbx::Errc::LockMisuse: return "LockMisuse";
   }

@@ -174,7 +174,8 @@ uint64_t Dict::largest_free_run() const {
 
 // Allocates `units` (records from the bottom, index tables from the top) and stores the block's offset into *target inside the
 // critical section (see AllocState).  Returns 0 when no run is large enough.
-uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top) {
+uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top,
+                     uint64_t tag) {
   AllocLock lock(this);
   AllocState& a = hdr_->h_alloc;
   const SizeClass cls = size_class(units);
@@ -182,14 +183,14 @@ uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_to
   if (first == UINT64_MAX || first > heap_units_ || units > heap_units_ - first) return 0;
   reserve_units(first, units);  // may throw SegmentFull: nothing changed yet
   uint64_t off = heap_off_ + first * kUnit;
-  a.a_off.store(off, std::memory_order_relaxed);
+  a.a_off.store(off | tag, std::memory_order_relaxed);  // what the target receives
   a.a_units.store(units, std::memory_order_relaxed);
   a.a_target.store(off_of(target), std::memory_order_relaxed);
   a.a_op.store(kAllocAlloc, std::memory_order_release);
   SBX_CRASH_POINT(alloc_journal_open);
   mark_units(first, units, true);
   SBX_CRASH_POINT(alloc_bits_marked);
-  target->store(off, std::memory_order_release);
+  target->store(off | tag, std::memory_order_release);
   SBX_CRASH_POINT(alloc_target_set);
   a.a_used_units.fetch_add(units, std::memory_order_relaxed);
   // First fit found no run of this class below `first`: the hint may move up
@@ -269,10 +270,11 @@ void Dict::reserve_units(uint64_t first, uint64_t units) {
 
 // Frees the block whose offset is in *target and zeroes *target, in one
 // critical section; a no-op if *target is already 0 (so replays are safe).
+// Bits below kUnit in *target are a pin entry's state, not part of the offset.
 void Dict::free_block(std::atomic<uint64_t>* target, uint64_t units) {
   AllocLock lock(this);
   AllocState& a = hdr_->h_alloc;
-  uint64_t off = target->load(std::memory_order_acquire);
+  uint64_t off = target->load(std::memory_order_acquire) & ~kPinStateMask;
   if (off == 0) return;
   if (off < heap_off_ || (off - heap_off_) % kUnit != 0 || units == 0 ||
       units > heap_units_ || (off - heap_off_) / kUnit > heap_units_ - units)
@@ -295,10 +297,12 @@ void Dict::free_block(std::atomic<uint64_t>* target, uint64_t units) {
 }
 
 // Whether `target` (read from a_target) is the offset of a stripe journal's
-// j_new or j_old field or a stripe's s_spare, the only fields alloc() and
-// free_block() hand blocks through.  Anything else is corrupt and is not written: a target inside a
-// stripe's mutex, for one, would overwrite a lock this thread may hold.
+// j_new or j_old field, a stripe's s_spare or a pin entry's e_ref, the only
+// fields alloc() and free_block() hand blocks through.  Anything else is
+// corrupt and is not written: a target inside a stripe's mutex, for one,
+// would overwrite a lock this thread may hold.
 bool Dict::is_journal_target(uint64_t target) const {
+  if (is_pin_target(target)) return true;
   const uint64_t first = off_of(stripes_);
   if (target < first || target >= first + uint64_t(nstripes_) * sizeof(Stripe)) return false;
   const uint64_t in = (target - first) % sizeof(Stripe);
@@ -315,14 +319,15 @@ void Dict::recover_alloc() {
   SBX_CRASH_POINT(recover_alloc_begin);
   uint32_t op = a.a_op.load(std::memory_order_acquire);
   if (op == kAllocAlloc || op == kAllocFree) {
-    uint64_t off = a.a_off.load(), units = a.a_units.load(), target = a.a_target.load();
+    const uint64_t word = a.a_off.load();  // what an ALLOC stores into the target
+    uint64_t off = word & ~kPinStateMask, units = a.a_units.load(), target = a.a_target.load();
     bool sane = off >= heap_off_ && (off - heap_off_) % kUnit == 0 && units > 0 &&
                 units <= heap_units_ && (off - heap_off_) / kUnit <= heap_units_ - units &&
                 is_journal_target(target);
     if (sane) {
       mark_units((off - heap_off_) / kUnit, units, op == kAllocAlloc);
       reinterpret_cast<std::atomic<uint64_t>*>(base_ + target)
-          ->store(op == kAllocAlloc ? off : 0, std::memory_order_release);
+          ->store(op == kAllocAlloc ? word : 0, std::memory_order_release);
     }
   }
   SBX_CRASH_POINT(recover_alloc_replayed);

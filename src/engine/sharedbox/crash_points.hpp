@@ -89,7 +89,24 @@
   /* Dict::recover_alloc */                                                      \
   X(recover_alloc_begin)                                                         \
   X(recover_alloc_replayed)    /* bits and target redone */                      \
-  X(recover_alloc_counted)     /* counters rebuilt, a_op still set */
+  X(recover_alloc_counted)     /* counters rebuilt, a_op still set */           \
+  /* pins.cpp: pin, unpin, deferred free, build and publish, reclaim */          \
+  X(pin_slot_claimed)          /* our keeper holds the slot, p_pid set */        \
+  X(pin_record_flagged)        /* r_flags says pinned, no entry names it yet */  \
+  X(pin_entry_set)             /* the entry names the record */                  \
+  X(unpin_entry_cleared)       /* a reference let go */                          \
+  X(unpin_block_freed)         /* last retired or building entry freed it */     \
+  X(retire_pins_marked)        /* entries retired, j_old still names the block */\
+  X(retire_handed_to_pins)     /* j_old = 0: the retired entries own the block */\
+  X(build_block_allocated)     /* the entry owns the block (building) */         \
+  X(build_record_written)      /* header and value head written, odd stamp */    \
+  X(publish_journal_named)     /* j_new and the building entry both name it */   \
+  X(publish_pin_converted)     /* the entry is a reference, j_new owns it */     \
+  X(publish_stamped)           /* even stamp, not yet published */              \
+  X(recover_build_pin_dropped) /* a dead builder's entry gave way to j_new */    \
+  X(reclaim_slot_locked)       /* a dead owner's slot mutex taken */             \
+  X(reclaim_entry_released)    /* one of its entries released */                \
+  X(reclaim_slot_cleared)      /* p_pid = 0, mutex not yet consistent */
 
 namespace sbx {
 

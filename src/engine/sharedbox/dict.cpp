@@ -501,7 +501,7 @@ __attribute__((noinline)) void Dict::write_record(uint64_t off, uint64_t units, 
   racy_store(r->r_hash, k.hash);
   racy_store(r->r_units, units);
   racy_store(r->r_klen, k.len);
-  racy_store(r->r_vpad, uint32_t(0));
+  r->r_flags.store(0, std::memory_order_relaxed);
   std::memcpy(base_ + off + kHeaderBytes, k.data, k.len);
   uint64_t voff = off + kHeaderBytes + k.len;
   uint64_t vlen = src.write(base_ + voff, voff);
@@ -543,7 +543,11 @@ void Dict::check_fits(const KeyRef& k, uint64_t vmax) const {
 // Every write is a read-modify-write: the decision is taken under the stripe
 // lock from the value present then, and published by the same journaled
 // steps, so incr and compare_and_set are exactly as crash-safe as put.
-bool Dict::update(const KeyRef& k, UpdateFn& fn) {
+//
+// `built` (publish_built): the new record is already written, in a block
+// that pin entry built->entry owns; it is handed to the journal instead of
+// allocating and writing one.
+bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
   const uint32_t si = stripe_of(k.hash);
   Stripe& s = stripe(si);
   Journal& j = s.s_journal;
@@ -567,10 +571,12 @@ bool Dict::update(const KeyRef& k, UpdateFn& fn) {
     if (!chosen) return false;
     ValueSource& src = *chosen;
     const uint64_t vmax = src.max_bytes();
-    check_fits(k, vmax);
+    if (!built) check_fits(k, vmax);
     // Rounded up to the allocator's size class, so that blocks freed by one
     // size are reused by the same size (see AllocState::a_class_hint).
-    const uint64_t units = size_class((kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit).units;
+    const uint64_t units =
+        built ? reinterpret_cast<const RecordHeader*>(base_ + built->block)->r_units
+              : size_class((kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit).units;
     bool reserved = false;
     if (!p.found) {
       uint64_t count = s.s_count.load(std::memory_order_relaxed);
@@ -587,7 +593,7 @@ bool Dict::update(const KeyRef& k, UpdateFn& fn) {
           if (!reclaimed) {
             lock.unlock();
             reclaimed = true;
-            if (reclaim_spares()) continue;
+            if (reclaim_spares() | (reclaim_dead_pins() > 0)) continue;
           }
           throw Error(Errc::SegmentFull,
                       "the segment is full: no room to grow the index for a new key (" +
@@ -657,8 +663,22 @@ bool Dict::update(const KeyRef& k, UpdateFn& fn) {
       j.j_op.store(kOpNone, std::memory_order_release);
     };
 
-    uint64_t off = take_spare(s, units);
-    uint64_t block_units = off ? j.j_new_units.load(std::memory_order_relaxed) : units;
+    if (built) {
+      // Hand the built block to the journal, then make the builder's entry a
+      // plain pin of what is about to be a live record (see pins.cpp).
+      j.j_new.store(built->block, std::memory_order_release);
+      SBX_CRASH_POINT(publish_journal_named);
+      pin_entry(uint32_t(pins_slot()), built->entry)
+          .e_ref.store(built->block, std::memory_order_release);
+      SBX_CRASH_POINT(publish_pin_converted);
+      uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 17) |
+                       (uint64_t(si) << 1);
+      reinterpret_cast<RecordHeader*>(base_ + built->block)
+          ->r_stamp.store(stamp, std::memory_order_release);
+      SBX_CRASH_POINT(publish_stamped);
+    }
+    uint64_t off = built ? built->block : take_spare(s, units);
+    uint64_t block_units = off && !built ? j.j_new_units.load(std::memory_order_relaxed) : units;
     if (!off) {
       try {
         off = alloc(units, &j.j_new);
@@ -673,22 +693,24 @@ bool Dict::update(const KeyRef& k, UpdateFn& fn) {
       if (!reclaimed) {
         lock.unlock();
         reclaimed = true;
-        if (reclaim_spares()) continue;
+        if (reclaim_spares() | (reclaim_dead_pins() > 0)) continue;
       }
       throw Error(Errc::SegmentFull,
                   "the segment '" + name_ + "' is full: no free block of " +
                       std::to_string(units * kUnit) + " bytes for this value; delete keys or "
                       "create a larger SharedDict (see recommend_sizing())");
     }
-    uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 17) |
-                     (uint64_t(si) << 1);
-    try {
-      write_record(off, block_units, stamp, k, src, vmax);
-    } catch (...) {
-      roll_back();
-      throw;
+    if (!built) {
+      uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 17) |
+                       (uint64_t(si) << 1);
+      try {
+        write_record(off, block_units, stamp, k, src, vmax);
+      } catch (...) {
+        roll_back();
+        throw;
+      }
+      SBX_CRASH_POINT(put_record_written);
     }
-    SBX_CRASH_POINT(put_record_written);
     // Publish: one store makes the complete record visible.
     if (!p.found) {
       hdr_->h_keyset_epoch.fetch_add(1, std::memory_order_seq_cst);  // before publishing
@@ -738,6 +760,7 @@ uint64_t Dict::take_spare(Stripe& s, uint64_t units) {
 // Gives up the block in *target (a journal field): small blocks become the
 // stripe's spare when it has none, the rest go back to the allocator.
 void Dict::retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units) {
+  if (hand_to_pins(target)) return;  // views still read it: the last one frees it
   uint64_t off = target->load(std::memory_order_relaxed);
   if (off && units <= kSpareMaxUnits && s.s_spare.load(std::memory_order_relaxed) == 0) {
     s.s_spare_units.store(units, std::memory_order_relaxed);
@@ -895,9 +918,10 @@ void Dict::recover_stripe(uint32_t i) {
     if (published) {
       s.s_count.store(count + (insert ? 1 : 0), std::memory_order_relaxed);
       s.s_tombs.store(tombs - (insert && j.j_was_tomb.load() ? 1 : 0), std::memory_order_relaxed);
-      free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+      free_or_hand_to_pins(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
       SBX_CRASH_POINT(recover_stripe_replayed);
     } else {
+      drop_pins_of(fresh);  // a publish_built that did not happen: the journal frees its block
       free_block(&j.j_new, j.j_new_units.load(std::memory_order_relaxed));
       s.s_count.store(count, std::memory_order_relaxed);
       s.s_tombs.store(tombs, std::memory_order_relaxed);
@@ -914,7 +938,7 @@ void Dict::recover_stripe(uint32_t i) {
     if (slot_state(c) == kSlotTomb) {  // published
       s.s_count.store(count - 1, std::memory_order_relaxed);
       s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
-      free_block(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
+      free_or_hand_to_pins(&j.j_old, j.j_old_units.load(std::memory_order_relaxed));
     } else {
       s.s_count.store(count, std::memory_order_relaxed);
       s.s_tombs.store(tombs, std::memory_order_relaxed);
@@ -1054,6 +1078,7 @@ std::vector<std::string> Dict::check_integrity() {
     AllocLock alock(this);
     std::vector<uint8_t> owner(heap_units_, 0);
     uint64_t expect_used = 0, total = 0;
+    std::vector<uint64_t> live_records;  // sorted below, for the pin checks
     auto claim = [&](uint64_t off, uint64_t units, const char* what) {
       if (off < heap_off_ || (off - heap_off_) % kUnit || units == 0 ||
           (off - heap_off_) / kUnit + units > heap_units_) {
@@ -1106,6 +1131,7 @@ std::vector<std::string> Dict::check_integrity() {
           if (kHeaderBytes + kl + vl > r->r_units * kUnit)
             problems.push_back("record longer than its block");
           claim(slot_record(c), r->r_units, "record");
+          live_records.push_back(slot_record(c));
         }
         if (!has_empty) problems.push_back("table has no empty slot");
       }
@@ -1116,6 +1142,33 @@ std::vector<std::string> Dict::check_integrity() {
       if (live != s.s_count.load()) problems.push_back("stripe count differs from its table");
       if (tombs != s.s_tombs.load()) problems.push_back("stripe tombstone count differs");
       total += live;
+    }
+    // Pins: a reference names a live record; retired and building blocks are
+    // owned by their entries (each block once, however many entries name it).
+    std::sort(live_records.begin(), live_records.end());
+    std::vector<uint64_t> pin_owned;
+    for (uint32_t i = 0; i < kPinSlots; ++i) {
+      const PinSlot& ps = pin_slot(i);
+      if (ps.p_high.load() > pin_entries_) problems.push_back("pin slot high mark out of range");
+      for (uint32_t e = 0; e < pin_entries_; ++e) {
+        const PinEntry& en = pin_entry(i, e);
+        const uint64_t v = en.e_ref.load();
+        if (!v) continue;
+        if (e >= pin_high(ps)) problems.push_back("pin entry in use above its slot's high mark");
+        const uint64_t block = v & ~kPinStateMask, state = v & kPinStateMask;
+        const bool live = std::binary_search(live_records.begin(), live_records.end(), block);
+        if (state == 0) {
+          if (!live) problems.push_back("a pin names a record that is not in the index");
+        } else if (state == kPinRetired || state == kPinBuilding) {
+          if (live) problems.push_back("a retired or building pin names a live record");
+          else if (std::find(pin_owned.begin(), pin_owned.end(), block) == pin_owned.end()) {
+            pin_owned.push_back(block);
+            claim(block, en.e_units.load(), "pinned");
+          }
+        } else {
+          problems.push_back("pin entry in an unknown state");
+        }
+      }
     }
     uint64_t bitmap_used = count_used_units();
     if (bitmap_used != expect_used)

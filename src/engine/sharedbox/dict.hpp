@@ -92,6 +92,39 @@ class UpdateFn {
   virtual ValueSource* decide(const uint8_t* value, uint64_t len, bool present) = 0;
 };
 
+// A pin this process holds (Dict::pin, Dict::begin_build): what a view keeps
+// and hands back to Dict::unpin exactly once.  `value` stays valid and
+// unchanged until then, whatever other processes do to the key.
+struct Pin {
+  uint32_t entry = 0;          // index in this process's PinSlot
+  uint64_t block = 0;          // segment offset of the record
+  uint32_t pid = 0;            // process that took it: a forked child must not release it
+  uint8_t* value = nullptr;    // the value, in place
+  uint64_t value_len = 0;
+  uint64_t value_off = 0;      // segment offset of the value (alignment)
+  uint64_t data_at = 0;        // begin_build: where the caller's data starts in the value
+};
+
+// Decides, under the stripe lock, whether a value may be pinned (Dict::pin):
+// like ValueSink::take under a lock, it must only compute; it throws to refuse.
+class PinCheck {
+ public:
+  virtual ~PinCheck() = default;
+  virtual void check(const uint8_t* value, uint64_t len, uint64_t segment_offset) = 0;
+};
+
+struct PinHolder {
+  uint32_t pid;
+  uint64_t pins;
+};
+
+struct PinStats {
+  uint64_t pins = 0;          // entries in use, all processes
+  uint64_t pinned_bytes = 0;  // blocks only pins keep: retired records and blocks being built
+  uint32_t max_pins_per_process = 0;
+  std::vector<PinHolder> holders;
+};
+
 struct Stats {
   uint64_t segment_bytes, heap_bytes, used_bytes, free_bytes;
   uint64_t max_keys, entries, stripes, recoveries;
@@ -141,7 +174,7 @@ class Dict {
   bool put(const KeyRef& k, ValueSource& src, PutMode mode = PutMode::Always);
   // Stores what fn decides from the current value, atomically (see UpdateFn).
   // Returns true if a value was stored.
-  bool update(const KeyRef& k, UpdateFn& fn);
+  bool update(const KeyRef& k, UpdateFn& fn) { return update_impl(k, fn, nullptr); }
   // Removes the key; if old_value is given it receives the removed value
   // (under the lock, before removal).  Returns false if the key was absent.
   bool erase(const KeyRef& k, ValueSink* old_value = nullptr);
@@ -179,6 +212,25 @@ class Dict {
   // present at the instant of this check: a point-in-time snapshot.
   bool key_set_unchanged(const std::vector<uint64_t>& seqs) const;
   Stats stats();
+
+  // Zero-copy (pins.cpp).  pin() pins the record of k, if present and if
+  // check accepts its value: the value then stays in place, unchanged, until
+  // unpin(), even if the key is overwritten or deleted (the block is freed by
+  // whoever lets go of it last).  Throws Errc::TooManyViews when this process
+  // holds max_pins_per_process pins or no pin slot is free.
+  bool pin(const KeyRef& k, PinCheck& check, Pin* out);
+  void unpin(const Pin& p);
+  // A block for k's next value that the caller fills in place: head writes
+  // the start of the value (at most head.max_bytes() - data_bytes bytes), the
+  // caller the data_bytes after it (at out->value + out->data_at).
+  // publish_built() makes it k's value, atomically, and p then pins the
+  // published record; unpin() without publishing frees it.
+  void begin_build(const KeyRef& k, ValueSource& head, uint64_t data_bytes, Pin* out);
+  void publish_built(const KeyRef& k, const Pin& p);
+  // Frees the pins of processes that died; returns how many slots it freed.
+  uint32_t reclaim_dead_pins();
+  PinStats pin_stats();
+
   // Checks every invariant under all locks; returns the violations (empty = OK).
   std::vector<std::string> check_integrity();
 
@@ -227,6 +279,7 @@ class Dict {
   bool is_journal_target(uint64_t target) const;
 
   Probe find_locked(const Stripe& s, const KeyRef& k) const;
+  bool update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built);
   void resize_locked(uint32_t si, uint64_t want_keys);
   void build_table(uint64_t off, uint64_t units, uint64_t old_ref, uint32_t lg);
   void write_record(uint64_t off, uint64_t units, uint64_t stamp, const KeyRef& k,
@@ -237,13 +290,35 @@ class Dict {
   uint64_t count_keys();  // exact_size()'s double collect
   void recount();
 
-  uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top = false);
+  // tag: low bits stored with the offset into *target (kPinBuilding).
+  uint64_t alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_top = false,
+                 uint64_t tag = 0);
   void reserve_units(uint64_t first, uint64_t units);
   void free_block(std::atomic<uint64_t>* target, uint64_t units);
   // The stripe's spare block (Stripe::s_spare), stripe lock held.
   uint64_t take_spare(Stripe& s, uint64_t units);
   void retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units);
   bool reclaim_spares();
+
+  // Pins (pins.cpp).
+  PinSlot& pin_slot(uint32_t i) const {
+    return *reinterpret_cast<PinSlot*>(pin_base_ + uint64_t(i) * pin_stride_);
+  }
+  PinEntry& pin_entry(uint32_t slot, uint32_t e) const {
+    return reinterpret_cast<PinEntry*>(pin_base_ + uint64_t(slot) * pin_stride_ +
+                                       sizeof(PinSlot))[e];
+  }
+  uint32_t pin_high(const PinSlot& s) const;  // p_high, bounded by pin_entries_
+  void claim_pin_slot();
+  void release_pin_slot();
+  void release_pin_entry(uint32_t slot, uint32_t e);
+  void release_slot_entries(uint32_t slot);
+  bool other_pins_of(uint64_t block, const PinEntry* except) const;
+  bool hand_to_pins(std::atomic<uint64_t>* target);
+  void drop_pins_of(uint64_t block);
+  bool is_pin_target(uint64_t target) const;
+  int pins_slot() const;  // this process's pin slot (pins_->m held)
+  void free_or_hand_to_pins(std::atomic<uint64_t>* target, uint64_t units);
   uint64_t bitmap_word(uint64_t w) const;
   uint64_t find_run(uint64_t units, uint64_t hint_word) const;
   void lower_class_hints(uint64_t first, uint64_t n);
@@ -266,6 +341,11 @@ class Dict {
   uint64_t* bitmap_;
   uint64_t hash_seed_, max_keys_;
   uint32_t creator_pid_, mode_;
+  uint8_t* pin_base_;
+  uint32_t pin_entries_;
+  uint64_t pin_stride_;
+  // This process's pin slot and the views on each entry (pins.cpp).
+  std::unique_ptr<struct ProcessPins> pins_;
   uint64_t created_unix_ns_;
   // exact_size()'s last count and the h_keyset_epoch it holds for
   // (process-local; len_epoch_ is kNoEpoch while being replaced).

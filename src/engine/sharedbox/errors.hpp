@@ -21,6 +21,7 @@ enum class Errc {
   System,            // an OS call failed (errno in sys_errno)
   TooManyLocks,      // every named-lock slot of the segment is taken
   LockMisuse,        // release() of a named lock this thread does not hold, or a second acquire
+  TooManyViews,      // this process holds as many pins as its slot has, or every slot is taken
 };
 
 class Error : public std::runtime_error {

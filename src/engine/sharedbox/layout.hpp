@@ -6,6 +6,7 @@
 //
 //   offset 0              SegmentHeader            (one page)
 //   h_stripe_off          Stripe[h_stripes]        (256 bytes each)
+//   h_pin_off             PinSlot[kPinSlots]       (each followed by its PinEntry array)
 //   h_bitmap_off          allocation bitmap        (1 bit per 64-byte unit of heap)
 //   h_heap_off            heap: records and stripe tables, in 64-byte units
 //
@@ -32,6 +33,15 @@
 //   h_locks[i].l_mutex            its Python-level holder       acquirers
 //   h_locks[i].l_state, l_name    claimer, under alloc lock     lock lookups (acquire)
 //   table slots                   stripe-lock holder            lock-free readers
+//   PinSlot::p_mutex              its owner's keeper thread     sweepers (trylock: alive?)
+//   PinSlot::p_pid, p_high        owner; reclaimer of a dead    stats, scanners (acquire)
+//                                 owner (holding p_mutex)
+//   PinEntry::e_ref, e_units      owner, under the stripe lock  stripe-lock holders (scan),
+//                                 of the pinned record (or the  check_integrity, stats
+//                                 alloc lock: building blocks);
+//                                 overwriters mark them retired
+//                                 (CAS); a reference is let go
+//                                 by a CAS without the lock
 //   Record                        allocating writer, before     lock-free readers, who
 //                                 publication; then immutable   validate every read
 //                                 until freed
@@ -165,6 +175,67 @@ struct NamedLock {
 static_assert(sizeof(NamedLock) <= 96, "named lock slots stay small");
 
 // ---------------------------------------------------------------------------
+// Pins (zero-copy views, SharedDict.view / create_array).  A view reads a
+// record's value in place, so the record's block must not be freed or reused
+// while the view lives, even if the key is overwritten or deleted meanwhile.
+// Each process that pins anything owns one PinSlot; each record it pins, or
+// block it is building, is one PinEntry of that slot.
+//
+// A slot belongs to the process whose keeper thread (pins.cpp) holds p_mutex:
+// a robust mutex locked for the process's whole life and never unlocked while
+// it holds pins, so that any other process can tell a dead owner from a live
+// one by a trylock (EOWNERDEAD: dead; its pins are reclaimed, see
+// Dict::reclaim_dead_pins).  A thread that ends does not drop the pins, because
+// the keeper thread lives as long as the process.
+//
+// PinEntry::e_ref is the offset of the block, whose low bits (offsets are
+// multiples of kUnit) carry the entry's state:
+//   0                 free
+//   off               pins a live record: the index owns the block
+//   off | kPinRetired the record was overwritten or deleted while pinned; the
+//                     entries naming it own the block together, and the last
+//                     one to let go frees it
+//   off | kPinBuilding a block being filled by create_array, owned by the entry
+// Entries change under the stripe lock of the record they name (found from
+// the record's r_hash, which cannot change while the record is pinned), with
+// two exceptions: building blocks are handed out by the allocator (alloc
+// lock) and freed through the entry as the allocator's target (a_target), so
+// that the hand-over replays after a crash like any other; and a reference
+// (state 0) is let go by one CAS to 0 without the lock, which an overwrite's
+// CAS to retired either precedes (the entry then co-owns the block) or
+// follows (the entry no longer names it).  So a stripe-lock holder that scans
+// for entries naming one of its records sees every entry that can still
+// start co-owning it: none can start naming it while it holds the lock, and
+// stale reads of other entries cannot equal it.
+constexpr uint32_t kPinSlots = 64;
+constexpr uint32_t kPinMaxEntries = 1024;
+constexpr uint32_t kPinMinEntries = 8;
+constexpr uint64_t kPinRetired = 1;
+constexpr uint64_t kPinBuilding = 2;
+constexpr uint64_t kPinStateMask = kUnit - 1;
+
+struct PinEntry {
+  std::atomic<uint64_t> e_ref;    // block offset | state (see above)
+  std::atomic<uint64_t> e_units;  // its size in units; written before e_ref
+};
+
+struct alignas(kCacheLine) PinSlot {
+  pthread_mutex_t p_mutex;           // robust; held by the owner's keeper thread
+  std::atomic<uint32_t> p_pid;       // owner, 0 = free; for stats and the CLI
+  // Entries [0, p_high) may be in use: raised (release) by the owner before
+  // it fills an entry beyond it, reset by the reclaimer of a dead owner after
+  // every entry is free.  Scanners read it (acquire) and stop there.
+  std::atomic<uint32_t> p_high;
+  // followed by PinEntry[h_pin_entries]
+};
+// Bytes of one slot with its entries (a whole number of cache lines).
+constexpr uint64_t pin_slot_bytes(uint32_t entries) {
+  return sizeof(PinSlot) + uint64_t(entries) * sizeof(PinEntry);
+}
+static_assert(sizeof(PinSlot) == kCacheLine, "a pin slot header is one cache line");
+static_assert(sizeof(PinEntry) == 16, "pin entries are two words");
+
+// ---------------------------------------------------------------------------
 // SegmentHeader: page 0.  The identity block is written once by the creator
 // before it stores kReadyMark into h_ready (release); attachers wait for the
 // mark (acquire) and then only read it, so no lock is needed.
@@ -184,6 +255,9 @@ struct SegmentHeader {
   uint64_t h_heap_off;
   uint64_t h_heap_units;
   uint64_t h_hash_seed;             // per-segment: key hashes differ between segments
+  uint64_t h_pin_off;               // PinSlot table (see PinSlot)
+  uint32_t h_pin_entries;           // PinEntry per slot: a power of two, 8..1024
+  uint32_t h_pad0;
 
   // Keys counted against max_keys.  Incremented (CAS, bounded by h_max_keys)
   // before a new key is published, decremented after a key is removed, so a
@@ -309,7 +383,8 @@ constexpr uint64_t make_table_ref(uint64_t off, uint32_t log2cap) { return off |
 
 // ---------------------------------------------------------------------------
 // Record: one key and its value, in one block of whole units.  Written by the
-// writer that allocated it, before publication; immutable until freed.
+// writer that allocated it, before publication; immutable until freed, except
+// r_flags (below).
 // r_stamp = (per-stripe counter << 17) | (stripe << 1) | building: unique for
 // the life of the segment.  The writer stores it odd (building) before any
 // other field and even (complete, release) after the last, then publishes the
@@ -321,10 +396,15 @@ struct RecordHeader {
   uint64_t r_hash;
   uint64_t r_units;   // block size in units (what free() releases)
   uint32_t r_klen;    // key bytes (UTF-8) that follow the header
-  uint32_t r_vpad;    // reserved, 0
+  // kRecordPinned once any process has pinned the record (stripe-lock
+  // holder; sticky, never cleared while the record lives): an overwrite or
+  // erase scans the pin table only for records that carry it.  Lock-free
+  // readers never read it.
+  std::atomic<uint32_t> r_flags;
   uint64_t r_vlen;    // value bytes that follow the key
 };
 constexpr uint64_t kStampBuilding = 1;
+constexpr uint32_t kRecordPinned = 1;
 static_assert(sizeof(RecordHeader) == 40, "record header layout is part of the format");
 
 }  // namespace sbx

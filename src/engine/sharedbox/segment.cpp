@@ -19,6 +19,7 @@
 #include <random>
 
 #include "sharedbox/dict.hpp"
+#include "sharedbox/pins.hpp"
 #include "sharedbox/robust_mutex.hpp"
 
 namespace sbx {
@@ -46,16 +47,24 @@ struct Fd {
 
 // Where each region of a new segment starts, for a given size and stripe count.
 struct Geometry {
-  uint64_t stripe_off, bitmap_off, heap_off, heap_units, bitmap_words;
+  uint64_t stripe_off, pin_off, bitmap_off, heap_off, heap_units, bitmap_words;
+  uint32_t pin_entries;
 };
 
 bool compute_geometry(uint64_t size, uint32_t stripes, Geometry* g) {
   g->stripe_off = kPage;
-  uint64_t after_stripes = round_up(g->stripe_off + uint64_t(stripes) * sizeof(Stripe), kPage);
-  if (after_stripes >= size) return false;
-  g->bitmap_off = after_stripes;
+  g->pin_off = round_up(g->stripe_off + uint64_t(stripes) * sizeof(Stripe), kPage);
+  // Pins per process: about 1/128 of the segment for the whole pin table,
+  // between kPinMinEntries and kPinMaxEntries (1 MiB of a 128 MiB segment).
+  g->pin_entries = kPinMaxEntries;
+  while (g->pin_entries > kPinMinEntries &&
+         uint64_t(kPinSlots) * g->pin_entries * sizeof(PinEntry) * 128 > size)
+    g->pin_entries /= 2;
+  uint64_t after_pins = round_up(g->pin_off + uint64_t(kPinSlots) * pin_slot_bytes(g->pin_entries), kPage);
+  if (after_pins >= size) return false;
+  g->bitmap_off = after_pins;
   // One bit of bitmap per unit of heap: heap_units ~= rest * 8 / (8 * 64 + 1).
-  uint64_t rest = size - after_stripes;
+  uint64_t rest = size - after_pins;
   uint64_t units = rest * 8 / (8 * kUnit + 1);
   for (;;) {
     uint64_t words = (units + 63) / 64;
@@ -97,10 +106,14 @@ void initialise(uint8_t* base, uint64_t size, const OpenOptions& o, uint32_t str
   h->h_bitmap_off = g.bitmap_off;
   h->h_heap_off = g.heap_off;
   h->h_heap_units = g.heap_units;
+  h->h_pin_off = g.pin_off;
+  h->h_pin_entries = g.pin_entries;
   std::random_device rd;
   h->h_hash_seed = (uint64_t(rd()) << 32) ^ rd() ^ h->h_created_unix_ns;
   init_robust_mutex(&h->h_alloc.a_mutex);
   for (NamedLock& l : h->h_locks) init_robust_mutex(&l.l_mutex);
+  for (uint32_t i = 0; i < kPinSlots; ++i)
+    init_robust_mutex(&reinterpret_cast<PinSlot*>(base + g.pin_off + i * pin_slot_bytes(g.pin_entries))->p_mutex);
   h->h_alloc.a_reserved_low.store(0, std::memory_order_relaxed);  // nothing in the heap yet
   h->h_alloc.a_reserved_high.store(g.heap_units, std::memory_order_relaxed);
   auto* st = reinterpret_cast<Stripe*>(base + g.stripe_off);
@@ -242,8 +255,10 @@ void check_header(HeaderCopy& copy, uint64_t st_size, const std::string& name) {
   Geometry g;
   if (!compute_geometry(st_size, h->h_stripes, &g) || g.stripe_off != h->h_stripe_off ||
       g.bitmap_off != h->h_bitmap_off || g.heap_off != h->h_heap_off ||
-      g.heap_units != h->h_heap_units)
+      g.heap_units != h->h_heap_units || g.pin_off != h->h_pin_off ||
+      g.pin_entries != h->h_pin_entries)
     bad("region offsets");
+  if (h->h_header_bytes != sizeof(SegmentHeader)) bad("header size");
 }
 
 void check_create_options(const OpenOptions& o, uint32_t stripes) {
@@ -282,7 +297,10 @@ std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
       uint64_t size = round_up(o.size, kPage);
       Geometry g;
       if (!compute_geometry(size, stripes, &g) || g.heap_units < 64) {
-        uint64_t minimum = round_up(kPage + uint64_t(stripes) * sizeof(Stripe), kPage) + 2 * kPage;
+        // The smallest size whose heap holds 64 units (checked, not guessed:
+        // the pin table's size depends on the segment's).
+        uint64_t minimum = round_up(kPage + uint64_t(stripes) * sizeof(Stripe), kPage);
+        while (!compute_geometry(minimum, stripes, &g) || g.heap_units < 64) minimum += kPage;
         throw Error(Errc::InvalidArgument,
                     "size " + std::to_string(o.size) + " is too small for " +
                         std::to_string(stripes) + " stripes; the minimum is " +
@@ -393,6 +411,11 @@ std::unique_ptr<Dict> Dict::open(const OpenOptions& o, bool* created) {
     auto d = std::unique_ptr<Dict>(new Dict(o.name, static_cast<uint8_t*>(p), st_size, fd.fd,
                                             *copy.h()));
     fd.fd = -1;
+    try {
+      d->reclaim_dead_pins();  // views of processes that died are freed without a manual step
+    } catch (const Error&) {
+      // A corrupt pin table: the operations that need it report it.
+    }
     return d;
   }
 }
@@ -409,12 +432,17 @@ Dict::Dict(std::string name, uint8_t* base, uint64_t size, int fd, const Segment
   heap_units_ = h.h_heap_units;
   bitmap_words_ = (heap_units_ + 63) / 64;
   bitmap_ = reinterpret_cast<uint64_t*>(base_ + h.h_bitmap_off);
+  pin_base_ = base_ + h.h_pin_off;
+  pin_entries_ = h.h_pin_entries;
+  pin_stride_ = pin_slot_bytes(pin_entries_);
+  pins_ = std::make_unique<ProcessPins>();
   creator_pid_ = h.h_creator_pid;
   mode_ = h.h_mode;
   created_unix_ns_ = h.h_created_unix_ns;
 }
 
 Dict::~Dict() {
+  release_pin_slot();  // before the mapping goes: it writes the slot
   ::munmap(base_, size_);
   if (fd_ >= 0) ::close(fd_);
 }
