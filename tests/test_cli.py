@@ -259,6 +259,8 @@ def test_info_shows_pins_and_the_pids_that_hold_them(capsys, sd):
         assert f"pid {os.getpid()} (1 pin)" in line
         assert f"pid {child.pid} (2 pins)" in line
         assert "note: pins hold" in out  # 800 kB is more than a tenth of the heap
+        used = next(ln for ln in out.splitlines() if ln.split()[0] == "used")
+        assert "pinned" in used
     finally:
         child.kill()
         child.communicate()
@@ -275,7 +277,9 @@ def test_info_shows_pins_and_the_pids_that_hold_them(capsys, sd):
     assert info["stats"]["pin_holders"] == {}
     status, out, err = run_cli(capsys, "info", sd.name)
     line = next(ln for ln in out.splitlines() if ln.split()[0] == "pins")
-    assert line.split()[1:] == ["0,", "pinned", "0", "B"]
+    limit = sd.get_stats()["max_pins_per_process"]
+    assert line.split()[1:] == ["0,", "pinned", "0", "B;", "at", "most", str(limit), "per",
+                                "process"]
     assert "note: pins hold" not in out
 
 

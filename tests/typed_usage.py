@@ -10,6 +10,7 @@ from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, Values
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from typing_extensions import assert_type
 
 import sharedbox
@@ -61,9 +62,9 @@ def spec_calls() -> None:
     d.update({"a": 1}, b=2)
     d.clear()
 
-    assert_type(d.view("k"), np.ndarray[Any, Any] | memoryview)
+    assert_type(d.view("k"), NDArray[Any] | memoryview)
     with d.create_array("frame", (480, 640), np.float32) as arr:
-        assert_type(arr, np.ndarray[Any, Any])
+        assert_type(arr, NDArray[Any])
     with d.create_array("column", 100, "int64", order="F") as arr:
         arr[:] = 0
     with d.create_bytes("blob", 4096) as mv:

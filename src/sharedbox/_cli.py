@@ -236,7 +236,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("segment", f"{args.name!r} ({info['path']}), layout version {info['layout_version']}"),
         ("size", f"{_human(size)} ({size} bytes); heap {_human(heap)}"),
         ("used", f"{_human(used)} ({_percent(used, heap)} of the heap): records "
-                 f"{_human(stats['record_bytes'])}, index {_human(stats['index_bytes'])}"),
+                 f"{_human(stats['record_bytes'])}, index {_human(stats['index_bytes'])}"
+                 + (f", pinned {_human(stats['pinned_bytes'])}" if stats["pinned_bytes"] else "")),
         ("free", f"{_human(free)}; largest free block {_human(stats['largest_free_block'])}"),
         ("entries", f"{entries} of max_keys {max_keys} ({_percent(entries, max_keys)})"),
         ("averages", f"key {stats['avg_key_utf8_bytes']:.1f} B, "
@@ -271,7 +272,7 @@ def _pins_text(stats: Mapping[str, Any]) -> str:
         text += "; held by " + ", ".join(
             f"pid {pid} ({n} pin{'' if n == 1 else 's'})" for pid, n in sorted(holders.items())
         )
-    return text
+    return text + f"; at most {stats['max_pins_per_process']} per process"
 
 
 def _percent(part: float, whole: float) -> str:
