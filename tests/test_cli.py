@@ -227,6 +227,62 @@ def test_info_text(capsys, sd):
     assert f"size={size}" in out
 
 
+def test_info_shows_pins_and_the_pids_that_hold_them(capsys, sd):
+    sd["a"] = np.arange(100_000, dtype=np.float64)  # 800 kB of a 4 MiB segment
+    sd["b"] = b"x" * 50_000
+    mine = sd.view("a")
+    part = mine[10:20]  # the same record: still one pin for this process
+    code = (
+        "import sys\n"
+        "from sharedbox import SharedDict\n"
+        "d = SharedDict(sys.argv[1], create=False)\n"
+        "views = [d.view('a'), d.view('b')]\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"  # holds its views until killed
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, sd.name], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n", child.stderr.read()
+        sd["a"] = 0  # the viewed record is replaced, and stays allocated
+        info = run_json(capsys, "info", sd.name)
+        stats = info["stats"]
+        assert stats["pins"] == 3 == sd.get_stats()["pins"]
+        # JSON object keys are strings
+        assert stats["pin_holders"] == {str(os.getpid()): 1, str(child.pid): 2}
+        assert stats["pinned_bytes"] >= mine.nbytes
+
+        status, out, err = run_cli(capsys, "info", sd.name)
+        assert status == 0 and err == ""
+        line = next(ln for ln in out.splitlines() if ln.split()[0] == "pins")
+        assert line.split()[1] == "3,"
+        assert f"pid {os.getpid()} (1 pin)" in line
+        assert f"pid {child.pid} (2 pins)" in line
+        assert "note: pins hold" in out  # 800 kB is more than a tenth of the heap
+        used = next(ln for ln in out.splitlines() if ln.split()[0] == "used")
+        assert "pinned" in used
+    finally:
+        child.kill()
+        child.communicate()
+
+    # info's get_stats() reclaims the pins of the killed child first.
+    info = run_json(capsys, "info", sd.name)
+    assert info["stats"]["pins"] == 1
+    assert info["stats"]["pin_holders"] == {str(os.getpid()): 1}
+    assert np.array_equal(part, np.arange(10, 20, dtype=np.float64))  # still whole
+
+    del mine, part  # the last view: the replaced record is freed
+    info = run_json(capsys, "info", sd.name)
+    assert (info["stats"]["pins"], info["stats"]["pinned_bytes"]) == (0, 0)
+    assert info["stats"]["pin_holders"] == {}
+    status, out, err = run_cli(capsys, "info", sd.name)
+    line = next(ln for ln in out.splitlines() if ln.split()[0] == "pins")
+    limit = sd.get_stats()["max_pins_per_process"]
+    assert line.split()[1:] == ["0,", "pinned", "0", "B;", "at", "most", str(limit), "per",
+                                "process"]
+    assert "note: pins hold" not in out
+
+
 def test_info_bad_target_is_one_line(capsys, sd):
     status, _, err = run_cli(capsys, "info", sd.name, "--target", "0")
     assert status == 1

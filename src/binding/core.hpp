@@ -22,6 +22,7 @@
 #include "inspect.hpp"
 #include "update.hpp"
 #include "values.hpp"
+#include "value_cache.hpp"
 #include "views.hpp"
 
 namespace sbx::py {
@@ -93,19 +94,38 @@ class Core {
   };
 
   void close() {
+    value_cache_.clear();  // the GIL is held: no get() is touching it
     uint64_t prev = state_.fetch_or(1, std::memory_order_acq_rel);
     if (!(prev & 1) && (prev >> 1) == 0) release();
   }
   bool closed() const { return state_.load(std::memory_order_acquire) & 1; }
 
+  // A pickled value this handle read before comes from value_cache_ while
+  // its record is still the one published (see value_cache.hpp).
   nb::object get(PyObject* key, bool* found) {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    if (value_cache_.has(k.hash)) {
+      uint64_t version;
+      if (!d->version(k, &version)) {
+        *found = false;
+        return nb::object();
+      }
+      nb::object v = value_cache_.lookup(k.hash, kb.data, size_t(kb.len), version);
+      if (v.is_valid()) {
+        *found = true;
+        return v;
+      }
+    }
     Sink sink(allow_pickle_);
-    *found = d->get(k, sink);
+    uint64_t stamp = 0;
+    *found = d->get(k, sink, &stamp);
     if (!*found) return nb::object();
-    return sink.decode();
+    nb::object v = sink.decode();
+    if (sink.tag() != codec::kPickle) return v;
+    return value_cache_.offer(k.hash, kb.data, size_t(kb.len), stamp >> 1, std::move(v),
+                              sink.stored_len());
   }
 
   // What dump needs about a value, without decoding it; None if key is absent.
@@ -505,6 +525,7 @@ class Core {
   // any view lives.
   std::shared_ptr<sbx::Dict> dict_;
   nb::object keys_cache_;                  // see keys()
+  ValueCache value_cache_;                 // see get()
   std::vector<uint64_t> keys_cache_seqs_;
   std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed
   std::atomic<bool> released_{false};

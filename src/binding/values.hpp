@@ -208,6 +208,8 @@ class Sink : public sbx::ValueSink {
   void take(const uint8_t* v, uint64_t n, uint64_t segment_off, bool under_lock) override {
     if (n == 0) throw_corrupt_value();
     segment_off_ = segment_off;
+    tag_ = v[0];
+    stored_len_ = n;
     if (!under_lock) {
       // Lock-free read: build large objects directly (one copy out).
       if (v[0] == codec::kNdarray) {
@@ -229,6 +231,10 @@ class Sink : public sbx::ValueSink {
     copy_bytes(dst, v, n, !under_lock);
     len_ = n;
   }
+
+  // The tag and length of the value taken (valid after take()).
+  uint8_t tag() const { return tag_; }
+  uint64_t stored_len() const { return stored_len_; }
 
   void reset() override {
     direct_ = nb::object();
@@ -324,6 +330,8 @@ class Sink : public sbx::ValueSink {
   bool allow_pickle_;
   nb::object direct_;
   bool direct_pickle_ = false;  // direct_ holds pickle bytes still to be loaded
+  uint8_t tag_ = 0;
+  uint64_t stored_len_ = 0;
 };
 
 // ---------------------------------------------------------------------------
