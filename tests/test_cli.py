@@ -302,12 +302,14 @@ def test_dump_types_and_sizes(capsys, sd):
     assert set(entries) == set(values)
     types = {k: e["type"] for k, e in entries.items()}
     assert types == {"none": "None", "yes": "bool", "int": "int", "float": "float", "str": "str",
-                     "bytes": "bytes", "big": "pickle", "obj": "pickle", "arr": "ndarray"}
+                     "bytes": "bytes", "big": "pickle", "obj": "dict", "arr": "ndarray"}
     # Stored size = one tag byte + the payload.
     assert entries["str"]["size"] == 1 + len("héllo".encode())
     assert entries["bytes"]["size"] == 301
     assert entries["int"]["size"] == entries["float"]["size"] == 9
-    assert entries["obj"]["size"] == 1 + len(pickle.dumps(values["obj"], protocol=5))
+    assert entries["big"]["size"] == 1 + len(pickle.dumps(values["big"], protocol=5))
+    # A dict of plain values has a native encoding (no pickle): shown like a str.
+    assert entries["obj"]["size"] == len(_core.encode_value(values["obj"]))
     assert entries["arr"]["dtype"] == "float32" and entries["arr"]["shape"] == [3, 4]
     assert entries["arr"]["size"] > arr.nbytes
     assert all("repr" not in e for e in entries.values())
@@ -464,7 +466,7 @@ def test_python_dash_m_and_script(sd):
     out = subprocess.run([script, "dump", sd.name, "--json"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["entries"] == [{"key": "k", "type": "pickle",
+    assert json.loads(out.stdout)["entries"] == [{"key": "k", "type": "list",
                                                  "size": sd._value_info("k")[1]}]
     missing = unique_name()
     out = subprocess.run([script, "info", missing], capture_output=True, text=True, timeout=60)

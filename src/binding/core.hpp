@@ -123,7 +123,7 @@ class Core {
     *found = d->get(k, sink, &stamp);
     if (!*found) return nb::object();
     nb::object v = sink.decode();
-    if (sink.tag() != codec::kPickle) return v;
+    if (sink.tag() != codec::kPickle && sink.tag() != codec::kTree) return v;
     return value_cache_.offer(k.hash, kb.data, size_t(kb.len), stamp >> 1, std::move(v),
                               sink.stored_len());
   }
@@ -326,8 +326,8 @@ class Core {
     sbx::PinStats pins;
     {
       Use d(this);
+      pins = d->pin_stats();  // first: it frees dead processes' pins, which st counts
       st = d->stats();
-      pins = d->pin_stats();
     }
     nb::dict r;
     r["segment_bytes"] = st.segment_bytes;
