@@ -105,3 +105,21 @@ def pool_square(d, i):
 def write_and_exit(d, key):
     """Writes one key and exits without closing (the handle dies with the process)."""
     d[key] = os.getpid()
+
+
+def cache_writer(name, rounds, requests, replies):
+    """For test_value_cache: on each request, write round r's value for the
+    key, then reply (the write has completed when the reply arrives)."""
+    from sharedbox import SharedDict
+
+    d = SharedDict(name, create=False)
+    for r in range(rounds):
+        kind = requests.get(timeout=60)
+        if kind == "dict":
+            d["k"] = {"round": r, "name": "same-size"}
+        elif kind == "tuple":
+            d["k"] = (r, "same-size")
+        elif kind == "delete":
+            del d["k"]
+        replies.put(r)
+    d.close()

@@ -227,6 +227,62 @@ def test_info_text(capsys, sd):
     assert f"size={size}" in out
 
 
+def test_info_shows_pins_and_the_pids_that_hold_them(capsys, sd):
+    sd["a"] = np.arange(100_000, dtype=np.float64)  # 800 kB of a 4 MiB segment
+    sd["b"] = b"x" * 50_000
+    mine = sd.view("a")
+    part = mine[10:20]  # the same record: still one pin for this process
+    code = (
+        "import sys\n"
+        "from sharedbox import SharedDict\n"
+        "d = SharedDict(sys.argv[1], create=False)\n"
+        "views = [d.view('a'), d.view('b')]\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"  # holds its views until killed
+    )
+    child = subprocess.Popen([sys.executable, "-c", code, sd.name], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n", child.stderr.read()
+        sd["a"] = 0  # the viewed record is replaced, and stays allocated
+        info = run_json(capsys, "info", sd.name)
+        stats = info["stats"]
+        assert stats["pins"] == 3 == sd.get_stats()["pins"]
+        # JSON object keys are strings
+        assert stats["pin_holders"] == {str(os.getpid()): 1, str(child.pid): 2}
+        assert stats["pinned_bytes"] >= mine.nbytes
+
+        status, out, err = run_cli(capsys, "info", sd.name)
+        assert status == 0 and err == ""
+        line = next(ln for ln in out.splitlines() if ln.split()[0] == "pins")
+        assert line.split()[1] == "3,"
+        assert f"pid {os.getpid()} (1 pin)" in line
+        assert f"pid {child.pid} (2 pins)" in line
+        assert "note: pins hold" in out  # 800 kB is more than a tenth of the heap
+        used = next(ln for ln in out.splitlines() if ln.split()[0] == "used")
+        assert "pinned" in used
+    finally:
+        child.kill()
+        child.communicate()
+
+    # info's get_stats() reclaims the pins of the killed child first.
+    info = run_json(capsys, "info", sd.name)
+    assert info["stats"]["pins"] == 1
+    assert info["stats"]["pin_holders"] == {str(os.getpid()): 1}
+    assert np.array_equal(part, np.arange(10, 20, dtype=np.float64))  # still whole
+
+    del mine, part  # the last view: the replaced record is freed
+    info = run_json(capsys, "info", sd.name)
+    assert (info["stats"]["pins"], info["stats"]["pinned_bytes"]) == (0, 0)
+    assert info["stats"]["pin_holders"] == {}
+    status, out, err = run_cli(capsys, "info", sd.name)
+    line = next(ln for ln in out.splitlines() if ln.split()[0] == "pins")
+    limit = sd.get_stats()["max_pins_per_process"]
+    assert line.split()[1:] == ["0,", "pinned", "0", "B;", "at", "most", str(limit), "per",
+                                "process"]
+    assert "note: pins hold" not in out
+
+
 def test_info_bad_target_is_one_line(capsys, sd):
     status, _, err = run_cli(capsys, "info", sd.name, "--target", "0")
     assert status == 1
@@ -246,12 +302,14 @@ def test_dump_types_and_sizes(capsys, sd):
     assert set(entries) == set(values)
     types = {k: e["type"] for k, e in entries.items()}
     assert types == {"none": "None", "yes": "bool", "int": "int", "float": "float", "str": "str",
-                     "bytes": "bytes", "big": "pickle", "obj": "pickle", "arr": "ndarray"}
+                     "bytes": "bytes", "big": "pickle", "obj": "dict", "arr": "ndarray"}
     # Stored size = one tag byte + the payload.
     assert entries["str"]["size"] == 1 + len("héllo".encode())
     assert entries["bytes"]["size"] == 301
     assert entries["int"]["size"] == entries["float"]["size"] == 9
-    assert entries["obj"]["size"] == 1 + len(pickle.dumps(values["obj"], protocol=5))
+    assert entries["big"]["size"] == 1 + len(pickle.dumps(values["big"], protocol=5))
+    # A dict of plain values has a native encoding (no pickle): shown like a str.
+    assert entries["obj"]["size"] == len(_core.encode_value(values["obj"]))
     assert entries["arr"]["dtype"] == "float32" and entries["arr"]["shape"] == [3, 4]
     assert entries["arr"]["size"] > arr.nbytes
     assert all("repr" not in e for e in entries.values())
@@ -408,7 +466,7 @@ def test_python_dash_m_and_script(sd):
     out = subprocess.run([script, "dump", sd.name, "--json"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["entries"] == [{"key": "k", "type": "pickle",
+    assert json.loads(out.stdout)["entries"] == [{"key": "k", "type": "list",
                                                  "size": sd._value_info("k")[1]}]
     missing = unique_name()
     out = subprocess.run([script, "info", missing], capture_output=True, text=True, timeout=60)

@@ -121,7 +121,7 @@ def test_engine_cpp_threads_tsan(tmp_path):
     env = dict(os.environ)
     env["TSAN_OPTIONS"] = " ".join(filter(None, [
         env.get("TSAN_OPTIONS"), f"suppressions={TSAN_SUPPRESSIONS}", "second_deadlock_stack=1"]))
-    cmd = [str(exe), "--iterations=1000", "threads"]
+    cmd = [str(exe), "--iterations=1000", "threads", "pin_threads"]
     proc = _run_tests(cmd, timeout=600, env=env, cwd=tmp_path)
     # GCC's TSan runtime cannot start on kernels with high mmap randomisation
     # (vm.mmap_rnd_bits > 28); run it again with ASLR off for this process.

@@ -40,6 +40,7 @@ def test_examples_are_all_tested():
         "numpy_frames.py",
         "sensor_pipeline.py",
         "worker_pool_cache.py",
+        "zero_copy_frames.py",
     ]
 
 
@@ -72,4 +73,21 @@ def test_numpy_frames():
     assert seen, out
     assert int(seen.group(1)) >= 1
     assert re.search(r"set: [0-9.]+ GB/s, get \(other process\): [0-9.]+ GB/s", out), out
+    assert "every frame whole" in out
+
+
+def test_zero_copy_frames():
+    pytest.importorskip("numpy")
+    out = run_example("zero_copy_frames.py")
+    assert "producer: wrote 200 frames of 4 MiB (float32, shape (1024, 1024)) in place" in out
+    seen = re.findall(r"consumer \d: (\d+) views, (\d+) different frames, 0 torn, 0 changed, "
+                      r"last frame 199", out)
+    assert len(seen) == 2, out
+    for views, distinct in seen:
+        assert int(views) >= int(distinct) >= 2
+    timings = re.findall(r"consumer \d: view: [0-9.]+ us per frame, d\[key\]: [0-9.]+ us per "
+                         r"frame \([0-9.]+ GB/s\); view is \d+x faster", out)
+    assert len(timings) == 2, out
+    assert re.search(r"producer: create_array \+ fill: [0-9.]+ GB/s, "
+                     r"fill \+ d\[key\] = frame: [0-9.]+ GB/s", out), out
     assert "every frame whole" in out

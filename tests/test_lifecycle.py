@@ -48,9 +48,18 @@ def run_python(code, *args, timeout=120):
 
 
 def mapped_here(name):
-    """Whether this process maps segment `name` (per /proc/self/maps)."""
+    """Whether this process maps segment `name` (per /proc/self/maps).  Matched
+    by inode, not by path: a creator's mapping is listed under the temporary
+    name the segment was built under (see segment.cpp)."""
+    st = os.stat(shm_path(name))
     with open("/proc/self/maps") as maps:
-        return any(line.rstrip("\n").endswith(shm_path(name)) for line in maps)
+        for line in maps:
+            parts = line.split()
+            if len(parts) >= 6 and int(parts[4]) == st.st_ino:
+                major, minor = (int(x, 16) for x in parts[3].split(":"))
+                if os.makedev(major, minor) == st.st_dev:
+                    return True
+    return False
 
 
 # ---------------------------------------------------------------------------
@@ -171,6 +180,8 @@ def test_close_in_a_child_forked_during_an_operation_unmaps(sd):
         if pid == 0:  # child: only this thread exists here
             status = 1
             try:
+                if not mapped_here(sd.name):  # the check must see the mapping first
+                    os._exit(4)
                 sd.close()
                 status = 0 if not mapped_here(sd.name) else 3
             finally:

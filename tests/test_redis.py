@@ -225,7 +225,7 @@ def test_a_bad_value_in_update_stores_nothing(rd):
 
 
 def test_allow_pickle_false_refuses_pickles_both_ways(rd, url):
-    rd["p"] = [1, 2]
+    rd["p"] = {1, 2}  # a set: pickled (lists and dicts have a native encoding)
     rd["n"] = "native"
     strict = RedisDict(rd.name, url=url, create=False, allow_pickle=False)
     try:

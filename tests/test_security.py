@@ -43,12 +43,20 @@ def test_allow_pickle_false_refuses_to_load(name, tmp_path):
 def test_allow_pickle_false_refuses_to_store_and_keeps_old_value(name):
     d = SharedDict(name, size=1 << 20, allow_pickle=False)
     d["k"] = 1
-    for value in ([1], {"a": 1}, Exploit("/nonexistent/x"), 2**80, np.array([None], dtype=object), True.__class__):
+    deep: list = [1]
+    for _ in range(40):  # deeper than the native encoding goes (32)
+        deep = [deep]
+    for value in ({1}, [2**80], {"a": object()}, Exploit("/nonexistent/x"), 2**80,
+                  np.array([None], dtype=object), True.__class__, deep):
         with pytest.raises(PickleRefusedError):
             d["k"] = value
     assert d["k"] == 1
-    for value in (None, True, -5, 1.5, "s", b"b", np.zeros((2, 2), dtype="f4")):
+    # JSON-like containers have a native encoding (codec tag 9): no pickle.
+    for value in (None, True, -5, 1.5, "s", b"b", np.zeros((2, 2), dtype="f4"), [1],
+                  {"a": 1, "b": [None, 2.5, ("t", b"x")]}, (1, "two")):
         d["n"] = value
+        if not isinstance(value, np.ndarray):
+            assert d["n"] == value and type(d["n"]) is type(value)
     d.close()
 
 

@@ -153,6 +153,7 @@ def test_stats_typeddicts_name_every_field(tmp_path):
         "examples/sensor_pipeline.py",
         "examples/worker_pool_cache.py",
         "examples/numpy_frames.py",
+        "examples/zero_copy_frames.py",
     ],
 )
 def test_mypy_strict(target, tmp_path):

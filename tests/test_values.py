@@ -178,7 +178,8 @@ def test_pickle_errors_in_reduce_are_value_errors(md):
 
 
 def test_stored_pickle_is_protocol_5(sd):
-    value = (1, 2, "a marker string for the raw search")
+    # An int beyond 64 bits: pickled (plain tuples have a native encoding).
+    value = (1, 2**70, "a marker string for the raw search")
     sd["t"] = value
     with open(f"/dev/shm/{sd.name}", "rb") as f:
         raw = f.read()

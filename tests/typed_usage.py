@@ -9,6 +9,8 @@ error, so a stub that starts accepting a non-str key fails the check too).
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from typing_extensions import assert_type
 
 import sharedbox
@@ -60,8 +62,20 @@ def spec_calls() -> None:
     d.update({"a": 1}, b=2)
     d.clear()
 
+    assert_type(d.view("k"), NDArray[Any] | memoryview)
+    with d.create_array("frame", (480, 640), np.float32) as arr:
+        assert_type(arr, NDArray[Any])
+    with d.create_array("column", 100, "int64", order="F") as arr:
+        arr[:] = 0
+    with d.create_bytes("blob", 4096) as mv:
+        assert_type(mv, memoryview)
+
     stats = d.get_stats()
     assert_type(stats["total_entries"], int)
+    assert_type(stats["pins"], int)
+    assert_type(stats["pinned_bytes"], int)
+    assert_type(stats["pin_holders"], dict[int, int])
+    assert_type(stats["max_pins_per_process"], int)
     assert_type(stats["avg_value_pickle_bytes"], float)
     assert_type(stats["segment_name"], str)
     advice = d.recommend_sizing(target_entries=50000)
@@ -125,6 +139,9 @@ def rejected() -> None:
     SharedDict("n", size="big")  # type: ignore[arg-type]
     SharedDict("n", max_key=10)  # type: ignore[call-arg]
     d.get_stats()["no_such_field"]  # type: ignore[typeddict-item]
+    d.view(1)  # type: ignore[arg-type]
+    d.create_array("a", (2, 3), "f4", order="A")  # type: ignore[arg-type]
+    d.create_bytes("b", b"xx")  # type: ignore[arg-type]
     SharedDict.temporary(create=False)  # type: ignore[call-arg]
 
 

@@ -22,6 +22,7 @@
 #include "inspect.hpp"
 #include "update.hpp"
 #include "values.hpp"
+#include "value_cache.hpp"
 #include "views.hpp"
 
 namespace sbx::py {
@@ -93,19 +94,38 @@ class Core {
   };
 
   void close() {
+    value_cache_.clear();  // the GIL is held: no get() is touching it
     uint64_t prev = state_.fetch_or(1, std::memory_order_acq_rel);
     if (!(prev & 1) && (prev >> 1) == 0) release();
   }
   bool closed() const { return state_.load(std::memory_order_acquire) & 1; }
 
+  // A pickled value this handle read before comes from value_cache_ while
+  // its record is still the one published (see value_cache.hpp).
   nb::object get(PyObject* key, bool* found) {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    if (value_cache_.has(k.hash)) {
+      uint64_t version;
+      if (!d->version(k, &version)) {
+        *found = false;
+        return nb::object();
+      }
+      nb::object v = value_cache_.lookup(k.hash, kb.data, size_t(kb.len), version);
+      if (v.is_valid()) {
+        *found = true;
+        return v;
+      }
+    }
     Sink sink(allow_pickle_);
-    *found = d->get(k, sink);
+    uint64_t stamp = 0;
+    *found = d->get(k, sink, &stamp);
     if (!*found) return nb::object();
-    return sink.decode();
+    nb::object v = sink.decode();
+    if (sink.tag() != codec::kPickle && sink.tag() != codec::kTree) return v;
+    return value_cache_.offer(k.hash, kb.data, size_t(kb.len), stamp >> 1, std::move(v),
+                              sink.stored_len());
   }
 
   // What dump needs about a value, without decoding it; None if key is absent.
@@ -193,50 +213,49 @@ class Core {
   // The items of stripe i as (key, value) pairs: values of up to
   // kBatchValueBytes are copied under the stripe lock and decoded after it;
   // a larger value is read afterwards by get() (one copy, straight into its
-  // object), and skipped if it was deleted meanwhile.
+  // object), and skipped if it was deleted meanwhile.  The copy buffers are
+  // kept between calls (items() walks every stripe in turn), so they stop
+  // growing after the first stripes.  Guarded by the GIL.
   nb::list stripe_items(uint32_t i) {
-    struct Copy : sbx::ItemVisitor {
-      std::string keys, values;
-      std::vector<uint64_t> key_end, value_end, value_off;  // value_end 0: fetch later
-      void item(const char* k, uint64_t kl, const uint8_t* v, uint64_t vl, uint64_t voff) override {
-        keys.append(k, kl);
-        key_end.push_back(keys.size());
-        if (vl <= kBatchValueBytes) {
-          values.append(reinterpret_cast<const char*>(v), vl);
-          value_end.push_back(values.size());
-        } else {
-          value_end.push_back(0);
-        }
-        value_off.push_back(voff);
-      }
-    } copy;
+    // Taken out of the member, so that another thread (get() below may
+    // release the GIL for a large value) never shares it; put back at the end.
+    ItemsCopy copy = std::move(items_copy_);
+    copy.clear();
     {
       Use d(this);
       d->visit_stripe(i, copy);
     }
-    nb::list out;
+    const size_t n = copy.key_end.size();
+    nb::object out = nb::steal(PyList_New(Py_ssize_t(n)));
+    if (!out.is_valid()) throw nb::python_error();
+    Py_ssize_t filled = 0;
     uint64_t kpos = 0, vpos = 0;
-    for (size_t n = 0; n < copy.key_end.size(); ++n) {
+    for (size_t j = 0; j < n; ++j) {
       PyObject* key = PyUnicode_DecodeUTF8(copy.keys.data() + kpos,
-                                           Py_ssize_t(copy.key_end[n] - kpos), "strict");
+                                           Py_ssize_t(copy.key_end[j] - kpos), "strict");
       if (!key) throw nb::python_error();
       nb::object k = nb::steal(key);
-      kpos = copy.key_end[n];
+      kpos = copy.key_end[j];
       nb::object value;
-      if (copy.value_end[n] == 0) {
+      if (copy.value_end[j] == 0) {
         bool found = false;
         value = get(key, &found);
         if (!found) continue;  // deleted since the stripe was walked
       } else {
-        Sink sink(allow_pickle_);
-        sink.take(reinterpret_cast<const uint8_t*>(copy.values.data()) + vpos,
-                  copy.value_end[n] - vpos, copy.value_off[n], true);
-        vpos = copy.value_end[n];
-        value = sink.decode();
+        const auto* v = reinterpret_cast<const uint8_t*>(copy.values.data()) + vpos;
+        value = decode_copied(v, copy.value_end[j] - vpos, copy.value_off[j]);
+        vpos = copy.value_end[j];
       }
-      out.append(nb::make_tuple(k, value));
+      PyObject* pair = PyTuple_New(2);
+      if (!pair) throw nb::python_error();
+      PyTuple_SET_ITEM(pair, 0, k.release().ptr());
+      PyTuple_SET_ITEM(pair, 1, value.release().ptr());
+      PyList_SET_ITEM(out.ptr(), filled++, pair);
     }
-    return out;
+    if (filled < Py_ssize_t(n) && PyList_SetSlice(out.ptr(), filled, Py_ssize_t(n), nullptr) < 0)
+      throw nb::python_error();
+    items_copy_ = std::move(copy);
+    return nb::steal<nb::list>(out.release());
   }
 
   // Zero-copy (views.hpp).  The value of key, in place: a read-only ndarray
@@ -306,8 +325,8 @@ class Core {
     sbx::PinStats pins;
     {
       Use d(this);
+      pins = d->pin_stats();  // first: it frees dead processes' pins, which st counts
       st = d->stats();
-      pins = d->pin_stats();
     }
     nb::dict r;
     r["segment_bytes"] = st.segment_bytes;
@@ -504,7 +523,52 @@ class Core {
   // Shared with the views (PinnedBuffer): the mapping outlives close() while
   // any view lives.
   std::shared_ptr<sbx::Dict> dict_;
+  // The values of one stripe, copied under its lock (stripe_items).
+  struct ItemsCopy : sbx::ItemVisitor {
+    std::string keys, values;
+    std::vector<uint64_t> key_end, value_end, value_off;  // value_end 0: fetch later
+    void clear() {
+      keys.clear();
+      values.clear();
+      key_end.clear();
+      value_end.clear();
+      value_off.clear();
+    }
+    void item(const char* k, uint64_t kl, const uint8_t* v, uint64_t vl, uint64_t voff) override {
+      keys.append(k, kl);
+      key_end.push_back(keys.size());
+      if (vl <= kBatchValueBytes) {
+        values.append(reinterpret_cast<const char*>(v), vl);
+        value_end.push_back(values.size());
+      } else {
+        value_end.push_back(0);
+      }
+      value_off.push_back(voff);
+    }
+  };
+
+  // A value copied out of the segment (stable): str, int, float, bool and
+  // None are made directly; the rest through a Sink.
+  nb::object decode_copied(const uint8_t* v, uint64_t n, uint64_t segment_off) {
+    if (n == 9 && v[0] == codec::kInt64) {
+      long long x;
+      std::memcpy(&x, v + 1, 8);
+      return nb::steal(PyLong_FromLongLong(x));
+    }
+    if (n >= 1 && v[0] == codec::kStr) {
+      PyObject* str = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(v + 1),
+                                           Py_ssize_t(n - 1), "strict");
+      if (!str) throw nb::python_error();
+      return nb::steal(str);
+    }
+    Sink sink(allow_pickle_);
+    sink.take(v, n, segment_off, true);
+    return sink.decode();
+  }
+
+  ItemsCopy items_copy_;                   // see stripe_items()
   nb::object keys_cache_;                  // see keys()
+  ValueCache value_cache_;                 // see get()
   std::vector<uint64_t> keys_cache_seqs_;
   std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed
   std::atomic<bool> released_{false};

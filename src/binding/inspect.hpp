@@ -48,6 +48,9 @@ class PeekSink : public sbx::ValueSink {
       case codec::kStr: type = "str"; break;
       case codec::kBytes: type = "bytes"; break;
       case codec::kPickle: type = "pickle"; break;
+      case codec::kTree:
+        type = len_ < 2 ? "?" : v[1] == 'd' ? "dict" : v[1] == 'l' ? "list" : "tuple";
+        break;
       case codec::kNdarray: {
         // parse_array reads only the header, which head_ holds whole; len_
         // is the full value length it checks the data size against.

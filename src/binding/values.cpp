@@ -117,6 +117,13 @@ void validate_encoded(const uint8_t* v, uint64_t n, bool allow_pickle) {
         throw nb::value_error("malformed encoded value: a bad array header or data size");
       return;
     }
+    case codec::kTree:
+      try {
+        decode_tree(v + 1, n - 1);
+      } catch (const sbx::Error&) {
+        throw nb::value_error("malformed encoded value: a bad dict, list or tuple encoding");
+      }
+      return;
     default: {
       std::string msg = "malformed encoded value: unknown tag " + std::to_string(int(v[0]));
       throw nb::value_error(msg.c_str());

@@ -12,6 +12,7 @@
 
 #include "common.hpp"
 #include "sharedbox/dict.hpp"
+#include "tree_codec.hpp"
 
 namespace sbx::py {
 
@@ -83,6 +84,8 @@ class Encoded : public sbx::ValueSource {
       return;
     }
     if (is_ndarray(t) && array(v)) return;
+    if ((t == &PyDict_Type || t == &PyList_Type || t == &PyTuple_Type) && encode_tree(v, head_))
+      return;
     // A memoryview is a window on someone else's memory, not a value of its
     // own (pickle refuses it): store the bytes it shows; they read back as bytes.
     if (PyMemoryView_Check(v)) return buffer_bytes(v);
@@ -123,8 +126,8 @@ class Encoded : public sbx::ValueSource {
     if (!allow_pickle_)
       throw_pickle_refused(
           "this SharedDict was opened with allow_pickle=False: only None, bool, int64, "
-          "float, str, bytes, memoryview and NumPy arrays (not of object dtype) can be "
-          "stored");
+          "float, str, bytes, memoryview, NumPy arrays (not of object dtype), and dicts, "
+          "lists and tuples of None, bool, int64, float, str and bytes can be stored");
     PyObject* args[] = {v, g.protocol};
     nb::object data = nb::steal(PyObject_Vectorcall(g.c_dumps, args, 2, nullptr));
     if (!data.is_valid()) {  // let the codec's helper raise its clear ValueError
@@ -208,6 +211,8 @@ class Sink : public sbx::ValueSink {
   void take(const uint8_t* v, uint64_t n, uint64_t segment_off, bool under_lock) override {
     if (n == 0) throw_corrupt_value();
     segment_off_ = segment_off;
+    tag_ = v[0];
+    stored_len_ = n;
     if (!under_lock) {
       // Lock-free read: build large objects directly (one copy out).
       if (v[0] == codec::kNdarray) {
@@ -229,6 +234,10 @@ class Sink : public sbx::ValueSink {
     copy_bytes(dst, v, n, !under_lock);
     len_ = n;
   }
+
+  // The tag and length of the value taken (valid after take()).
+  uint8_t tag() const { return tag_; }
+  uint64_t stored_len() const { return stored_len_; }
 
   void reset() override {
     direct_ = nb::object();
@@ -281,6 +290,8 @@ class Sink : public sbx::ValueSink {
         if (!parse_array(v, n, segment_off_, &h)) throw_corrupt_value();
         return make_array(h, v + h.data_at, true);
       }
+      case codec::kTree:
+        return decode_tree(v + 1, n - 1);
       default:
         throw_corrupt_value();
     }
@@ -324,6 +335,8 @@ class Sink : public sbx::ValueSink {
   bool allow_pickle_;
   nb::object direct_;
   bool direct_pickle_ = false;  // direct_ holds pickle bytes still to be loaded
+  uint8_t tag_ = 0;
+  uint64_t stored_len_ = 0;
 };
 
 // ---------------------------------------------------------------------------

@@ -166,6 +166,7 @@ inline const char* tag_name(uint8_t tag) {
     case codec::kFloat64: return "a float";
     case codec::kStr: return "a str";
     case codec::kPickle: return "a pickled object";
+    case codec::kTree: return "a dict, list or tuple";
     default: return "not an array or bytes";
   }
 }

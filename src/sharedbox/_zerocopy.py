@@ -8,9 +8,10 @@ around it, and the rule that keeps a published record immutable:
 A writable view of the block that outlives the with-block (a slice, a
 memoryview, another array over it) could write into the record after other
 processes can read it.  So at the end of the block, if anything besides the
-``as`` name refers to the yielded object (or to arrays over the same
-memory), the value is published as a copy, and the block is freed once those
-views are gone; otherwise it is published in place, with no copy.
+``as`` name refers to the yielded object, or to the PinnedBuffer under it, or
+still holds a buffer exported from it, the value is published as a copy, and
+the block is freed once those views are gone; otherwise it is published in
+place, with no copy.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ class _Builder:
         # Nothing else refers to the memory: the buffer is referred to only
         # by the object, and the object at most by the `as` name in addition.
         alone = refs[0] == self._refs[0] and refs[1] <= self._refs[1] + 1
-        sealed = self._seal_object(obj)
+        # Views that share the yielded object's buffer (memoryview slices and
+        # casts, arrays over it) hold an export of `buffer` without a
+        # reference to either object: the export count sees them.
+        sealed = self._seal_object(obj) and buffer.exports == 0
         buffer._make_read_only()
         if exc_type is not None:
             return None  # nothing published; the block is freed with the last view of it

@@ -108,7 +108,8 @@ class PickleRefusedError(SharedBoxError, ValueError):
 
     Unpickling runs code chosen by whoever wrote the bytes; anyone who can write
     the segment can write them.  ``allow_pickle=False`` limits a handle to the
-    native encodings (None, bool, int64, float, str, bytes, NumPy arrays).
+    native encodings (None, bool, int64, float, str, bytes, dicts, lists and
+    tuples of those, NumPy arrays).
     """
 
 

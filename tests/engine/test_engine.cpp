@@ -1008,6 +1008,191 @@ void test_size_classes() {
 }
 
 // ---------------------------------------------------------------------------
+// Pins (zero-copy views).
+
+class AcceptAll : public sbx::PinCheck {
+ public:
+  void check(const uint8_t*, uint64_t, uint64_t) override {}
+};
+
+bool pin_key(sbx::Dict& d, const std::string& k, sbx::Pin* p) {
+  AcceptAll all;
+  return d.pin(d.key(k.data(), k.size()), all, p);
+}
+
+std::string pinned_value(const sbx::Pin& p) {
+  return std::string(reinterpret_cast<const char*>(p.value), p.value_len);
+}
+
+void test_pins() {
+  SegmentGuard seg("pins");
+  auto d = sbx::Dict::open(options(seg.name(), 4 << 20, 64, 4));
+  const std::string old_value(3000, 'o');
+  CHECK(put(*d, "k", old_value));
+  const uint64_t used_before = d->stats().used_bytes;
+
+  // A view survives an overwrite and a delete, and keeps its block.
+  sbx::Pin a, b;
+  CHECK(pin_key(*d, "k", &a));
+  CHECK(pin_key(*d, "k", &b));  // the same record: one shared entry
+  CHECK_EQ(a.entry, b.entry);
+  CHECK_EQ(d->pin_stats().pins, uint64_t(1));
+  CHECK(put(*d, "k", std::string(100, 'n')));
+  CHECK(pinned_value(a) == old_value);
+  CHECK(d->pin_stats().pinned_bytes >= old_value.size());
+  CHECK(d->check_integrity().empty());
+  CHECK(erase(*d, "k"));
+  CHECK(pinned_value(b) == old_value);
+  d->unpin(a);
+  CHECK(pinned_value(b) == old_value);  // b still holds it
+  d->unpin(b);
+  CHECK_EQ(d->pin_stats().pins, uint64_t(0));
+  CHECK_EQ(d->pin_stats().pinned_bytes, uint64_t(0));
+  CHECK(d->check_integrity().empty());
+  CHECK(d->stats().used_bytes <= used_before);  // the old block went back
+  sbx::Pin none;
+  CHECK(!pin_key(*d, "absent", &none));
+
+  // A block built in place and published; one abandoned.
+  {
+    std::string value = "HEAD" + std::string(5000, 'x');
+    class Head : public sbx::ValueSource {
+     public:
+      uint64_t max_bytes() const override { return 4 + 5000; }
+      uint64_t write(uint8_t* dst, uint64_t) override {
+        std::memcpy(dst, "HEAD", 4);
+        return 4;
+      }
+    } h;
+    sbx::Pin built;
+    d->begin_build(d->key("b", 1), h, 5000, &built);
+    CHECK_EQ(built.data_at, uint64_t(4));
+    std::memset(built.value + built.data_at, 'x', 5000);
+    CHECK(!contains(*d, "b"));  // not published yet
+    d->publish_built(d->key("b", 1), built);
+    std::string got;
+    CHECK(get(*d, "b", &got) && got == value);
+    CHECK_THROWS(sbx::Errc::InvalidArgument, d->publish_built(d->key("b", 1), built));
+    CHECK(put(*d, "b", "replaced"));
+    CHECK(pinned_value(built) == value);  // the builder's array keeps reading it
+    d->unpin(built);
+    sbx::Pin dropped;
+    d->begin_build(d->key("c", 1), h, 5000, &dropped);
+    d->unpin(dropped);
+    CHECK(!contains(*d, "c"));
+    CHECK_EQ(d->pin_stats().pins, uint64_t(0));
+    CHECK(d->check_integrity().empty());
+  }
+
+  // A process that dies holding pins of every kind: reclaimed, blocks freed.
+  {
+    CHECK(put(*d, "p", std::string(2000, 'p')));
+    const uint64_t used = d->stats().used_bytes;
+    std::fflush(nullptr);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      sbx::Pin p;
+      if (!pin_key(*d, "p", &p)) std::_Exit(3);
+      put(*d, "p", std::string(10, 'q'));  // retires the pinned record
+      class Head : public sbx::ValueSource {
+       public:
+        uint64_t max_bytes() const override { return 1000; }
+        uint64_t write(uint8_t*, uint64_t) override { return 0; }
+      } h;
+      sbx::Pin b2;
+      d->begin_build(d->key("z", 1), h, 1000, &b2);
+      ::raise(SIGKILL);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    CHECK(WIFSIGNALED(status));
+    CHECK_EQ(d->pin_stats().pins, uint64_t(0));  // pin_stats sweeps dead slots first
+    CHECK(d->check_integrity().empty());
+    CHECK(d->stats().used_bytes < used);  // the retired and the building blocks are free
+  }
+
+  // A process holds at most max_pins_per_process pins (8 in a small segment).
+  {
+    SegmentGuard small("pins_small");
+    auto s = sbx::Dict::open(options(small.name(), 512 << 10, 64, 1));
+    const uint32_t limit = s->pin_stats().max_pins_per_process;
+    CHECK_EQ(limit, sbx::kPinMinEntries);
+    std::vector<sbx::Pin> held(limit);
+    for (uint32_t i = 0; i < limit; ++i) {
+      std::string k = "k" + std::to_string(i);
+      CHECK(put(*s, k, "v"));
+      CHECK(pin_key(*s, k, &held[i]));
+    }
+    CHECK(put(*s, "one_more", "v"));
+    sbx::Pin extra;
+    CHECK_THROWS(sbx::Errc::TooManyViews, pin_key(*s, "one_more", &extra));
+    CHECK(pin_key(*s, "k0", &extra));  // a record it pins already shares its entry
+    s->unpin(extra);
+    for (const sbx::Pin& p : held) s->unpin(p);
+    CHECK(s->check_integrity().empty());
+  }
+}
+
+// Threads take and drop views of a hot key while others overwrite and
+// delete it: every view reads one whole value for as long as it is held, and
+// at the end no pin and no block is left over.  Run under TSan too.
+void test_pin_threads() {
+  SegmentGuard seg("pin_threads");
+  auto d = sbx::Dict::open(options(seg.name(), 32 << 20, 64, 4));
+  CHECK(put(*d, "hot", hot_value(0)));
+  const int kIterations = g_thread_iterations;
+  std::atomic<int> writers_left{2};
+  std::atomic<uint64_t> views{0}, torn{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        for (int i = 0; i < kIterations; ++i) {
+          if (i % 10 == 9) erase(*d, "hot");
+          put(*d, "hot", hot_value(uint8_t(t * 97 + i * 7)));
+        }
+      } catch (const std::exception& e) {
+        record_failure(__FILE__, __LINE__, std::string("writer threw: ") + e.what());
+      }
+      writers_left.fetch_sub(1);
+    });
+  }
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&] {
+      try {
+        std::vector<sbx::Pin> held;
+        uint64_t n = 0;
+        while (writers_left.load() > 0 || n < 100) {
+          sbx::Pin p;
+          if (pin_key(*d, "hot", &p)) {
+            held.push_back(p);
+            ++n;
+          }
+          if (held.size() > 4 || (!held.empty() && n % 3 == 0)) {
+            for (const sbx::Pin& h : held)
+              if (!hot_value_ok(pinned_value(h))) torn.fetch_add(1);
+            for (const sbx::Pin& h : held) d->unpin(h);
+            held.clear();
+          }
+        }
+        for (const sbx::Pin& h : held) d->unpin(h);
+        views.fetch_add(n);
+      } catch (const std::exception& e) {
+        record_failure(__FILE__, __LINE__, std::string("viewer threw: ") + e.what());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  std::printf("  pin_threads: %llu views, %llu torn\n", static_cast<unsigned long long>(views.load()),
+              static_cast<unsigned long long>(torn.load()));
+  CHECK_EQ(torn.load(), uint64_t(0));
+  CHECK_EQ(d->pin_stats().pins, uint64_t(0));
+  CHECK_EQ(d->pin_stats().pinned_bytes, uint64_t(0));
+  auto problems = d->check_integrity();
+  for (const std::string& p : problems) record_failure(__FILE__, __LINE__, p);
+}
+
+// ---------------------------------------------------------------------------
 // Runner.
 
 struct TestCase {
@@ -1022,6 +1207,8 @@ const TestCase kCases[] = {
     {"attach_header_race", test_attach_header_race},
     {"coordination", test_coordination},
     {"size_classes", test_size_classes},
+    {"pins", test_pins},
+    {"pin_threads", test_pin_threads},
 };
 
 bool run_case(const TestCase& tc) {
