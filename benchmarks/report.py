@@ -515,6 +515,18 @@ ZC_FILLS = [("copyto", "`np.copyto(arr, src)`"), ("ones", "`arr[...] = 1`")]
 HAND_VIEW = "`np.ndarray(shape, dtype, buffer=shm.buf)`"
 
 
+def paired(x, y):
+    """x ÷ y for samples taken in pairs (the zerocopy job alternates the two
+    sides repeat by repeat): the median of the per-pair ratios, so that a
+    load that changes between repeats hits both sides of each ratio alike.
+    The ratio of the medians if the samples do not pair up."""
+    if not x or not y:
+        return None
+    if len(x) == len(y):
+        return median([a / b for a, b in zip(x, y)])
+    return median(x) / median(y)
+
+
 def fmt_size(nbytes: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if nbytes >= 1 << shift and nbytes % (1 << shift) == 0:
@@ -560,13 +572,13 @@ def zc_targets(data) -> list:
             v and fmt_ns(v), f"≤ {fmt_ns(ZC_VIEW_LIMIT_NS)}", v is not None and v <= ZC_VIEW_LIMIT_NS)
     nbytes = _zc_ratio_size(data)
     g, v = zc.get(f"get_{nbytes}"), zc.get(f"view_{nbytes}")
-    r = median(g) / median(v) if g and v else None
+    r = paired(g, v)
     add(f"`d[k]` ÷ `d.view(k)`, {fmt_size(nbytes)} array, same process",
         r and f"{fmt_ratio(r)} ({fmt_ns(median(g))} vs {fmt_ns(median(v))})",
         f"≥ {ZC_GET_OVER_VIEW:,}×", r is not None and r >= ZC_GET_OVER_VIEW)
     for nbytes in _zc_sizes(data):
         v, h = zc.get(f"view_{nbytes}"), zc.get(f"hand_{nbytes}")
-        r = median(v) / median(h) if v and h else None
+        r = paired(v, h)
         add(f"`d.view(k)` ÷ hand-made {HAND_VIEW} over multiprocessing.shared_memory, "
             f"{fmt_size(nbytes)}", r and f"{fmt_ratio(r)} ({fmt_ns(median(v))} vs "
             f"{fmt_ns(median(h))})", f"≤ {ZC_OVER_HAND:g}×", r is not None and r <= ZC_OVER_HAND)
@@ -575,7 +587,7 @@ def zc_targets(data) -> list:
         for fill, title in ZC_FILLS:
             c = zc.get(f"{prefix}_create_{fill}_{mib}MiB")
             e = zc.get(f"{prefix}_empty_{fill}_{mib}MiB")
-            r = median(c) / median(e) if c and e else None
+            r = paired(c, e)
             add(f"`create_array` + fill + publish of {mib} MiB ÷ fill of a fresh `np.empty`, "
                 f"same process (fill: {title}; {what})",
                 r and f"{r * 100:.0f}% ({median(c):.1f} vs {median(e):.1f} GB/s)",
@@ -596,7 +608,8 @@ def zc_markdown(data) -> str:
         "(each view released when the next is bound, so the unpin is timed too), the same "
         f"loop of the hand-made {HAND_VIEW} over a `multiprocessing.shared_memory` block "
         "the owner filled with the same array (attached once, looked up by key), and "
-        "`d[k]` (a new array). Every result is checked against the owner's array.\n\n"]
+        "`d[k]` (a new array). Every result is checked against the owner's array. Ratios "
+        "(here and in the targets): the median of the ratios of each repeat's pair.\n\n"]
     rows = []
     for metric, title in (("set", "`d[k] = arr` (copy in, owner)"),
                           ("get", "`d[k]` (copy out)"),
@@ -612,7 +625,8 @@ def zc_markdown(data) -> str:
         row = [title]
         for nbytes in sizes:
             x, y = zc.get(f"{a}_{nbytes}"), zc.get(f"{b}_{nbytes}")
-            row.append(fmt_ratio(median(x) / median(y)) if x and y else "—")
+            r = paired(x, y)
+            row.append(fmt_ratio(r) if r else "—")
         rows.append(row)
     parts.append(_table(["operation"] + [fmt_size(n) for n in sizes], rows))
     parts.append(
@@ -622,7 +636,8 @@ def zc_markdown(data) -> str:
         "arr:` + the same fill + the publish at the block's end (each round replaces the "
         f"key's value); {cfg['repeats']} rounds at 64 MiB, 64 MiB ÷ size × "
         f"{cfg['repeats']} below, after a first round of each (left out here, listed "
-        "below the table: its block may lie on pages the process never touched). "
+        "below the table: its block may lie on pages the process never touched); ratio: "
+        "the median of the rounds' ratios. "
         "Cold: the first `create_array` of a new store, a block on pages no process has "
         f"touched yet (a new store per round, {cfg['repeats']} rounds, each against its "
         "own `np.empty` round; ratio to those). In place: the published "
@@ -646,9 +661,9 @@ def zc_markdown(data) -> str:
             ce = zc.get(f"cold_empty_{fill}_{mib}MiB")
             cc = zc.get(f"cold_create_{fill}_{mib}MiB")
             rows.append([f"{mib} MiB", title, f"{median(e):.2f}{spread(e)}",
-                         f"{median(c):.2f}{spread(c)}", f"{median(c) / median(e) * 100:.0f}%",
+                         f"{median(c):.2f}{spread(c)}", f"{paired(c, e) * 100:.0f}%",
                          f"{median(cc):.2f}{spread(cc)}" if cc else "—",
-                         f"{median(cc) / median(ce) * 100:.0f}%" if cc and ce else "—",
+                         f"{paired(cc, ce) * 100:.0f}%" if cc and ce else "—",
                          "yes" if inplace and all(inplace) else
                          f"**{sum(inplace)} of {len(inplace)}**", faults,
                          f"{(mib << 20) / median(setter):.2f}{spread(setter)}"

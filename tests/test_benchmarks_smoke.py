@@ -135,6 +135,9 @@ def test_zerocopy_report_ratios(tmp_path):
                        "zc_ops": 1000, "readers": [1, 2], "writers": [1, 2]},
             "labels": {"sharedbox": "sharedbox"}, "versions": {}, "skipped": {}, "errors": {},
             "results": {"zerocopy": {"sharedbox": zc}}}
+    # ratios of samples taken in pairs: the median of the pairs' ratios
+    assert report.paired([2, 30, 100], [1, 10, 200]) == 2
+    assert report.paired([2, 30], [1, 10, 200]) == 16 / 10  # no pairs: ratio of medians
     rows = {r[0]: r[1:] for r in report.zc_targets(data)}
     assert rows["`d.view(k)` of a 1 KiB array, in a second process (view + release)"] == (
         "2.0 µs", "≤ 5.0 µs", "met")
