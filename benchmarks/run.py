@@ -244,8 +244,9 @@ class Runner:
 
     def spec(self, job: str, system: str, role: str, **extra) -> dict:
         segment = 1 << 30 if job == "numpy" else 256 << 20
-        if job == "zerocopy":  # every size twice (an overwrite holds old and new
-            # for a moment), the fill blocks, and room for the allocator
+        if job == "zerocopy":
+            # every size twice (an overwrite holds the old value and the new
+            # one for a moment), the fill blocks, and room for the allocator
             segment = max(segment, 3 * sum(self.cfg["zc_bytes"])
                           + 3 * (max(self.cfg["array_mib"]) << 20))
         n = self.cfg["n"]

@@ -183,7 +183,6 @@ class SharedBox(System):
                 if cas(key, v, v + 1):
                     break
 
-
     # -- zero-copy arrays (job "zerocopy", issue 11) -------------------------
     def set_array_loop(self, key, arr, n):
         d = self.d
