@@ -119,6 +119,8 @@ def cache_writer(name, rounds, requests, replies):
             d["k"] = {"round": r, "name": "same-size"}
         elif kind == "tuple":
             d["k"] = (r, "same-size")
+        elif kind == "str":  # long enough to be cached (value_cache.hpp)
+            d["k"] = f"{r:06d}" + "s" * 1000
         elif kind == "delete":
             del d["k"]
         replies.put(r)

@@ -26,7 +26,7 @@ def test_reads_after_another_process_writes_are_never_stale(sd):
     proc.start()
     try:
         for r in range(rounds):
-            kind = ("dict", "tuple", "delete")[r % 3]
+            kind = ("dict", "tuple", "str", "delete")[r % 4]
             requests.put(kind)
             assert replies.get(timeout=60) == r
             # The write has completed: every read from now on sees it.
@@ -35,6 +35,8 @@ def test_reads_after_another_process_writes_are_never_stale(sd):
                     assert sd["k"] == {"round": r, "name": "same-size"}
                 elif kind == "tuple":
                     assert sd["k"] == (r, "same-size")
+                elif kind == "str":
+                    assert sd["k"] == f"{r:06d}" + "s" * 1000
                 else:
                     assert "k" not in sd and sd.get("k") is None
     finally:

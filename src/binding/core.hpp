@@ -123,7 +123,12 @@ class Core {
     *found = d->get(k, sink, &stamp);
     if (!*found) return nb::object();
     nb::object v = sink.decode();
-    if (sink.tag() != codec::kPickle && sink.tag() != codec::kTree) return v;
+    // Small str and bytes decode as fast as the version probe: not cached.
+    const uint8_t tag = sink.tag();
+    const bool worth_it = tag == codec::kPickle || tag == codec::kTree ||
+                          ((tag == codec::kStr || tag == codec::kBytes) &&
+                           sink.stored_len() > ValueCache::kMinStrBytes);
+    if (!worth_it) return v;
     return value_cache_.offer(k.hash, kb.data, size_t(kb.len), stamp >> 1, std::move(v),
                               sink.stored_len());
   }

@@ -18,8 +18,9 @@
 //     returned as a fresh shallow copy, which shares nothing mutable;
 //   * anything else (objects of other classes, nested containers) is not
 //     cached: it is unpickled on every read, as before.
-// Natively encoded values (str, int, ...) are not cached: decoding them is as
-// cheap as the probe.  Guarded by the GIL, like the rest of Core.
+// Natively encoded scalars are cached only where decoding costs more than
+// the probe: str and bytes of more than kMinStrBytes.  Guarded by the GIL,
+// like the rest of Core.
 #pragma once
 
 #include <Python.h>
@@ -37,6 +38,8 @@ class ValueCache {
   // dropped when the encoded bytes it stands for exceed kMaxTotalBytes.
   static constexpr uint64_t kMaxValueBytes = 64 << 10;
   static constexpr uint64_t kMaxTotalBytes = 64 << 20;
+  // str and bytes values are cached only above this size (encoded bytes).
+  static constexpr uint64_t kMinStrBytes = 256;
 
   enum class Copy : uint8_t { None, Dict, List };
 
