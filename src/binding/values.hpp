@@ -17,6 +17,16 @@
 namespace sbx::py {
 
 void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_gil);
+
+// An array's head ends at dst + pos; zero-pads up to the 64-byte boundary of
+// the segment (dst is at segment offset dst_off) where its data starts, and
+// returns the position of the data.
+inline uint64_t pad_to_array_data(uint8_t* dst, uint64_t dst_off, uint64_t pos) {
+  const uint64_t pad =
+      (codec::kArrayAlign - (dst_off + pos) % codec::kArrayAlign) % codec::kArrayAlign;
+  std::memset(dst + pos, 0, pad);
+  return pos + pad;
+}
 // The head of an ndarray value (codec.hpp), everything before the padding.
 // shape: a tuple of ints; ValueError for too many dimensions or too long a descr.
 std::string array_head(const char* descr, size_t descr_len, nb::handle shape, bool fortran,
@@ -31,12 +41,7 @@ class Encoded : public sbx::ValueSource {
   }
   uint64_t write(uint8_t* dst, uint64_t dst_off) override {
     std::memcpy(dst, head_.data(), head_.size());
-    uint64_t pos = head_.size();
-    if (align_) {
-      uint64_t pad = (codec::kArrayAlign - (dst_off + pos) % codec::kArrayAlign) % codec::kArrayAlign;
-      std::memset(dst + pos, 0, pad);
-      pos += pad;
-    }
+    const uint64_t pos = align_ ? pad_to_array_data(dst, dst_off, head_.size()) : head_.size();
     if (payload_len_) std::memcpy(dst + pos, payload_, payload_len_);
     return pos + payload_len_;
   }
@@ -419,10 +424,9 @@ class RawSource : public sbx::ValueSource {
       return n_;
     }
     std::memcpy(dst, v_, head_);
-    uint64_t pad = (codec::kArrayAlign - (dst_off + head_) % codec::kArrayAlign) % codec::kArrayAlign;
-    std::memset(dst + head_, 0, pad);
-    std::memcpy(dst + head_ + pad, v_ + data_at_, n_ - data_at_);
-    return head_ + pad + (n_ - data_at_);
+    const uint64_t pos = pad_to_array_data(dst, dst_off, head_);
+    std::memcpy(dst + pos, v_ + data_at_, n_ - data_at_);
+    return pos + (n_ - data_at_);
   }
 
  private:

@@ -103,13 +103,7 @@ class HeadSource : public sbx::ValueSource {
   }
   uint64_t write(uint8_t* dst, uint64_t dst_off) override {
     std::memcpy(dst, head_.data(), head_.size());
-    uint64_t pos = head_.size();
-    if (align_) {
-      uint64_t pad = (codec::kArrayAlign - (dst_off + pos) % codec::kArrayAlign) % codec::kArrayAlign;
-      std::memset(dst + pos, 0, pad);
-      pos += pad;
-    }
-    return pos;
+    return align_ ? pad_to_array_data(dst, dst_off, head_.size()) : head_.size();
   }
 
  private:
