@@ -106,16 +106,16 @@ class Core {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
-    if (value_cache_.has(k.hash)) {
+    // The probe runs no Python and keeps the GIL, so `cached` stays valid.
+    if (const ValueCache::Entry* cached = value_cache_.find(k.hash, kb.data, size_t(kb.len))) {
       uint64_t version;
       if (!d->version(k, &version)) {
         *found = false;
         return nb::object();
       }
-      nb::object v = value_cache_.lookup(k.hash, kb.data, size_t(kb.len), version);
-      if (v.is_valid()) {
+      if (version == cached->version) {
         *found = true;
-        return v;
+        return ValueCache::value_of(*cached);
       }
     }
     Sink sink(allow_pickle_);

@@ -43,19 +43,26 @@ class ValueCache {
 
   enum class Copy : uint8_t { None, Dict, List };
 
-  // Whether a value is cached under this key hash (then a version probe
-  // can tell whether it is still current).
-  bool has(uint64_t hash) const { return !map_.empty() && map_.count(hash) != 0; }
+  struct Entry {
+    std::string key;
+    uint64_t version = 0;
+    nb::object value;
+    Copy copy = Copy::None;
+    uint64_t bytes = 0;
+  };
 
-  // A value for the caller (a fresh copy if it is a container), or an
-  // invalid object if the cache does not hold key at `version`.
-  nb::object lookup(uint64_t hash, const char* key, size_t key_len, uint64_t version) const {
+  // The entry of this key, if one is cached: then one version probe tells
+  // whether it is still current.  Valid until the cache next changes.
+  const Entry* find(uint64_t hash, const char* key, size_t key_len) const {
+    if (map_.empty()) return nullptr;
     auto it = map_.find(hash);
-    if (it == map_.end() || it->second.version != version ||
-        it->second.key.compare(0, std::string::npos, key, key_len) != 0)
-      return nb::object();
-    return for_caller(it->second.value, it->second.copy);
+    if (it == map_.end() || it->second.key.compare(0, std::string::npos, key, key_len) != 0)
+      return nullptr;
+    return &it->second;
   }
+
+  // What the caller gets for a current entry (a fresh copy if it is a container).
+  static nb::object value_of(const Entry& e) { return for_caller(e.value, e.copy); }
 
   // Offers a value just unpickled from a record at `version`; returns what
   // the caller gets (a copy, if the cache keeps the object and it is a
@@ -90,13 +97,6 @@ class ValueCache {
   bool empty() const { return map_.empty(); }
 
  private:
-  struct Entry {
-    std::string key;
-    uint64_t version = 0;
-    nb::object value;
-    Copy copy = Copy::None;
-    uint64_t bytes = 0;
-  };
 
   static nb::object for_caller(const nb::object& value, Copy copy) {
     PyObject* out;

@@ -310,6 +310,7 @@ class Dict {
   }
   uint32_t pin_high(const PinSlot& s) const;  // p_high, bounded by pin_entries_
   void claim_pin_slot();
+  uint32_t free_pin_entry() const;
   void release_pin_slot();
   void release_pin_entry(uint32_t slot, uint32_t e);
   void release_slot_entries(uint32_t slot);

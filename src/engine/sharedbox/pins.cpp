@@ -379,6 +379,16 @@ uint32_t Dict::reclaim_dead_pins() {
 // ---------------------------------------------------------------------------
 // Pin, unpin, build, publish.
 
+// A free entry of this process's slot (pins_->m held); it stays on the free
+// list until the caller has filled it.
+uint32_t Dict::free_pin_entry() const {
+  if (pins_->free_entries.empty())
+    throw Error(Errc::TooManyViews,
+                "this process holds " + std::to_string(pin_entries_) + " pins of SharedDict '" +
+                    name_ + "', the most one process may; release views it no longer needs");
+  return pins_->free_entries.back();
+}
+
 bool Dict::pin(const KeyRef& k, PinCheck& check, Pin* out) {
   ProcessPins& pp = *pins_;
   std::lock_guard<std::mutex> hold(pp.m);
@@ -406,11 +416,7 @@ bool Dict::pin(const KeyRef& k, PinCheck& check, Pin* out) {
     ++pp.views[known->second];
     return true;
   }
-  if (pp.free_entries.empty())
-    throw Error(Errc::TooManyViews,
-                "this process holds " + std::to_string(pin_entries_) + " pins of SharedDict '" +
-                    name_ + "', the most one process may; release views it no longer needs");
-  const uint32_t e = pp.free_entries.back();
+  const uint32_t e = free_pin_entry();
   PinEntry& en = pin_entry(slot, e);
   en.e_units.store(r->r_units, std::memory_order_relaxed);
   r->r_flags.fetch_or(kRecordPinned, std::memory_order_relaxed);
@@ -448,11 +454,7 @@ void Dict::begin_build(const KeyRef& k, ValueSource& head, uint64_t data_bytes, 
   std::lock_guard<std::mutex> hold(pp.m);
   claim_pin_slot();
   const uint32_t slot = uint32_t(pp.slot);
-  if (pp.free_entries.empty())
-    throw Error(Errc::TooManyViews,
-                "this process holds " + std::to_string(pin_entries_) + " pins of SharedDict '" +
-                    name_ + "', the most one process may; release views it no longer needs");
-  const uint32_t e = pp.free_entries.back();
+  const uint32_t e = free_pin_entry();
   PinEntry& en = pin_entry(slot, e);
   PinSlot& s = pin_slot(slot);
   const uint64_t units = size_class((kHeaderBytes + k.len + vmax + kUnit - 1) / kUnit).units;
