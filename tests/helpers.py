@@ -125,3 +125,23 @@ def cache_writer(name, rounds, requests, replies):
             del d["k"]
         replies.put(r)
     d.close()
+
+
+def items_writer(name, rounds, requests, replies):
+    """For test_items_cache: on each request, apply one change to the dict,
+    then reply (the change has completed when the reply arrives)."""
+    from sharedbox import SharedDict
+
+    d = SharedDict(name, create=False)
+    for r in range(rounds):
+        kind = requests.get(timeout=60)
+        if kind == "overwrite":  # same size and type as before: only the value differs
+            d[f"k{r % 50:03d}"] = r % 10
+        elif kind == "insert":
+            d[f"new{r:05d}"] = r
+        elif kind == "delete":
+            d.pop(f"new{r - 1:05d}")
+        elif kind == "container":
+            d["box"] = {"round": r % 10, "tags": ("a", "b")}
+        replies.put(r)
+    d.close()

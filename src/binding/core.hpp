@@ -22,6 +22,7 @@
 #include "inspect.hpp"
 #include "update.hpp"
 #include "values.hpp"
+#include "items_cache.hpp"
 #include "value_cache.hpp"
 #include "views.hpp"
 
@@ -95,6 +96,7 @@ class Core {
 
   void close() {
     value_cache_.clear();  // the GIL is held: no get() is touching it
+    items_cache_.clear();
     uint64_t prev = state_.fetch_or(1, std::memory_order_acq_rel);
     if (!(prev & 1) && (prev >> 1) == 0) release();
   }
@@ -220,19 +222,30 @@ class Core {
   // a larger value is read afterwards by get() (one copy, straight into its
   // object), and skipped if it was deleted meanwhile.  The copy buffers are
   // kept between calls (items() walks every stripe in turn), so they stop
-  // growing after the first stripes.  Guarded by the GIL.
+  // growing after the first stripes.  While the stripe's write mark has not
+  // moved, the pairs built last time are the answer (items_cache.hpp).
+  // Guarded by the GIL.
   nb::list stripe_items(uint32_t i) {
+    {
+      Use d(this);
+      if (i < stripes_) {
+        nb::object cached = items_cache_.find(i, d->stripe_write_mark(i));
+        if (cached.is_valid()) return nb::steal<nb::list>(cached.release());
+      }
+    }
     // Taken out of the member, so that another thread (get() below may
     // release the GIL for a large value) never shares it; put back at the end.
     ItemsCopy copy = std::move(items_copy_);
     copy.clear();
+    uint64_t mark;
     {
       Use d(this);
-      d->visit_stripe(i, copy);
+      mark = d->visit_stripe(i, copy);
     }
     const size_t n = copy.key_end.size();
     nb::object out = nb::steal(PyList_New(Py_ssize_t(n)));
     if (!out.is_valid()) throw nb::python_error();
+    ItemsCache::Builder keep(n);
     Py_ssize_t filled = 0;
     uint64_t kpos = 0, vpos = 0;
     for (size_t j = 0; j < n; ++j) {
@@ -243,6 +256,7 @@ class Core {
       kpos = copy.key_end[j];
       nb::object value;
       if (copy.value_end[j] == 0) {
+        keep.refuse();  // read after the visit: not part of what the mark stands for
         bool found = false;
         value = get(key, &found);
         if (!found) continue;  // deleted since the stripe was walked
@@ -250,6 +264,7 @@ class Core {
         const auto* v = reinterpret_cast<const uint8_t*>(copy.values.data()) + vpos;
         value = decode_copied(v, copy.value_end[j] - vpos, copy.value_off[j]);
         vpos = copy.value_end[j];
+        keep.value(size_t(filled), value.ptr());
       }
       PyObject* pair = PyTuple_New(2);
       if (!pair) throw nb::python_error();
@@ -259,7 +274,14 @@ class Core {
     }
     if (filled < Py_ssize_t(n) && PyList_SetSlice(out.ptr(), filled, Py_ssize_t(n), nullptr) < 0)
       throw nb::python_error();
+    const uint64_t value_bytes = copy.values.size();
     items_copy_ = std::move(copy);
+    if (i < stripes_) {
+      items_cache_.offer(i, mark, out, std::move(keep), value_bytes);
+      // The caller gets its own list (and its own copies of containers).
+      nb::object mine = items_cache_.find(i, mark);
+      if (mine.is_valid()) return nb::steal<nb::list>(mine.release());
+    }
     return nb::steal<nb::list>(out.release());
   }
 
@@ -574,6 +596,7 @@ class Core {
   ItemsCopy items_copy_;                   // see stripe_items()
   nb::object keys_cache_;                  // see keys()
   ValueCache value_cache_;                 // see get()
+  ItemsCache items_cache_;                 // see stripe_items()
   std::vector<uint64_t> keys_cache_seqs_;
   std::atomic<uint64_t> state_{0};  // (threads inside an operation << 1) | closed
   std::atomic<bool> released_{false};

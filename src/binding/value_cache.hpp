@@ -96,8 +96,7 @@ class ValueCache {
   }
   bool empty() const { return map_.empty(); }
 
- private:
-
+  // value itself, or a fresh shallow copy of it (a Dict or List entry).
   static nb::object for_caller(const nb::object& value, Copy copy) {
     PyObject* out;
     switch (copy) {
@@ -109,7 +108,9 @@ class ValueCache {
     return nb::steal(out);
   }
 
-  // Exact types only: a subclass may add mutable state.
+  // Whether nothing reachable from o can be mutated (containers nested up
+  // to `depth`), so that o may be handed to several callers.  Exact types
+  // only: a subclass may add mutable state.
   static bool immutable(PyObject* o, int depth) {
     PyTypeObject* t = Py_TYPE(o);
     if (o == Py_None || t == &PyUnicode_Type || t == &PyLong_Type || t == &PyFloat_Type ||
@@ -135,6 +136,9 @@ class ValueCache {
     return false;
   }
 
+  // Whether o may be kept and handed out again: as it is (*copy = None), or
+  // as a fresh shallow copy (a dict or list of immutable values).  Also
+  // used by the items() cache (items_cache.hpp).
   static bool cacheable(PyObject* o, Copy* copy) {
     constexpr int kDepth = 3;
     if (immutable(o, kDepth)) {
@@ -161,6 +165,7 @@ class ValueCache {
     return false;
   }
 
+ private:
   std::unordered_map<uint64_t, Entry> map_;  // by the key's hash in the segment
   uint64_t total_bytes_ = 0;
 };

@@ -1023,7 +1023,7 @@ std::vector<std::string> Dict::keys(bool atomic, std::vector<uint64_t>* key_set_
   return out;
 }
 
-void Dict::visit_stripe(uint32_t i, ItemVisitor& visitor) {
+uint64_t Dict::visit_stripe(uint32_t i, ItemVisitor& visitor) {
   if (i >= nstripes_) throw Error(Errc::InvalidArgument, "no such stripe");
   StripeLock lock(this, i);
   for_each_record(i, [&](const RecordHeader* r, uint64_t kl, uint64_t vl) {
@@ -1031,6 +1031,17 @@ void Dict::visit_stripe(uint32_t i, ItemVisitor& visitor) {
     const uint64_t voff = off_of(r) + kHeaderBytes + kl;
     visitor.item(key, kl, base_ + voff, vl, voff);
   });
+  return stripe_write_mark(i);  // exact: no write of this stripe runs while we hold its lock
+}
+
+// Both counters only grow (a put that rolls back still used its stamp), so
+// their sum is unchanged only if neither moved.  The acquire loads pair with
+// the writers' release stores of the slots: a process that has seen a
+// write's slot (or learned of its completion) reads the moved counter.
+uint64_t Dict::stripe_write_mark(uint32_t i) const {
+  const Stripe& s = stripe(i);
+  return s.s_next_stamp.load(std::memory_order_acquire) +
+         s.s_change_seq.load(std::memory_order_acquire);
 }
 
 bool Dict::key_set_unchanged(const std::vector<uint64_t>& seqs) const {

@@ -205,7 +205,16 @@ class Dict {
   std::vector<std::string> keys(bool atomic, std::vector<uint64_t>* key_set_seqs = nullptr);
   // Every item of stripe i, under its lock (weakly consistent across stripes,
   // each item whole): what items() and values() walk, a stripe at a time.
-  void visit_stripe(uint32_t i, ItemVisitor& visitor);
+  // Returns the stripe's write mark as it was during the visit.
+  uint64_t visit_stripe(uint32_t i, ItemVisitor& visitor);
+  // A number that moves before any put or erase of stripe i publishes, and
+  // never moves back: the sum of s_next_stamp (every put takes a stamp
+  // before its slot store) and s_change_seq (every erase moves it before its
+  // tombstone store; recovery only moves it forward).  If a process reads the
+  // same mark that visit_stripe returned, no write to the stripe has become
+  // visible since the visit, nor completed: what the visit saw is still
+  // every item of the stripe (the items() cache relies on this).  Lock-free.
+  uint64_t stripe_write_mark(uint32_t i) const;
   // Whether no key was inserted or deleted since keys() returned these
   // sequences (each stripe's s_change_seq moves on every insert and delete,
   // and recovery moves it too).  If so, that key list is the set of keys
