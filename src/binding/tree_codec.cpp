@@ -140,48 +140,39 @@ class Reader {
 
   // One item; throws corrupt (or MemoryError) on malformed input.
   PyObject* item(int depth) {
-    if (depth > kMaxDepth) throw_corrupt_value();
-    switch (byte()) {
-      case 'N': Py_RETURN_NONE;
-      case 'T': Py_RETURN_TRUE;
-      case 'F': Py_RETURN_FALSE;
-      case 'i': {
-        long long x;
-        std::memcpy(&x, take(8), 8);
-        return PyLong_FromLongLong(x);
-      }
-      case 'f': {
-        double x;
-        std::memcpy(&x, take(8), 8);
-        return PyFloat_FromDouble(x);
-      }
-      case 's': {
-        uint32_t n = u32();
-        return PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(take(n)), n, "strict");
-      }
-      case 'b': {
-        uint32_t n = u32();
-        return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(take(n)), n);
-      }
+    const uint8_t tag = byte();
+    if (PyObject* scalar = scalar_item(tag)) return scalar;
+    if (PyErr_Occurred()) return nullptr;
+    if (depth >= kMaxDepth) throw_corrupt_value();
+    switch (tag) {
       case 't':
       case 'l': {
-        const bool tuple = p_[-1] == 't';
+        const bool tuple = tag == 't';
         uint32_t n = count(1);
         PyObject* seq = tuple ? PyTuple_New(n) : PyList_New(n);
         if (!seq) return nullptr;
+        // Items are stored straight into the new sequence; a failure drops
+        // it whole (its unfilled slots are NULL, which dealloc skips).
+        PyObject** items = tuple ? &PyTuple_GET_ITEM(seq, 0) : PySequence_Fast_ITEMS(seq);
         for (uint32_t i = 0; i < n; ++i) {
-          PyObject* x = guarded(seq, depth);
-          if (!x) return nullptr;
-          if (tuple)
-            PyTuple_SET_ITEM(seq, i, x);
-          else
-            PyList_SET_ITEM(seq, i, x);
+          // Scalars, the common case of long sequences, without a call.
+          PyObject* x = scalar_item(byte());
+          if (!x) {
+            if (PyErr_Occurred()) {
+              Py_DECREF(seq);
+              return nullptr;
+            }
+            --p_;  // a container: decode it in full
+            x = guarded(seq, depth);
+            if (!x) return nullptr;
+          }
+          items[i] = x;
         }
         return seq;
       }
       case 'd': {
         uint32_t n = count(2);
-        PyObject* d = PyDict_New();
+        PyObject* d = _PyDict_NewPresized(n);
         if (!d) return nullptr;
         for (uint32_t i = 0; i < n; ++i) {
           PyObject* k = guarded(d, depth);
@@ -214,6 +205,30 @@ class Reader {
   bool at_end() const { return p_ == end_; }
 
  private:
+  // The object of a scalar item whose tag was just read; nullptr for a
+  // container tag (no error set) or on failure (error set).  Throws corrupt
+  // for a tag that is neither.
+  PyObject* scalar_item(uint8_t tag) {
+    switch (tag) {
+      case 'f': return PyFloat_FromDouble(load<double>());
+      case 'i': return PyLong_FromLongLong(load<long long>());
+      case 's': {
+        uint32_t n = load<uint32_t>();
+        return PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(take(n)), n, "strict");
+      }
+      case 'N': Py_RETURN_NONE;
+      case 'T': Py_RETURN_TRUE;
+      case 'F': Py_RETURN_FALSE;
+      case 'b': {
+        uint32_t n = load<uint32_t>();
+        return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(take(n)), n);
+      }
+      case 't':
+      case 'l':
+      case 'd': return nullptr;
+      default: throw_corrupt_value();
+    }
+  }
   // item(depth + 1), releasing `owner` if it fails.
   PyObject* guarded(PyObject* owner, int depth) {
     PyObject* x;
@@ -226,20 +241,21 @@ class Reader {
     if (!x) Py_DECREF(owner);
     return x;
   }
-  uint8_t byte() { return *take(1); }
-  uint32_t u32() {
-    uint32_t x;
-    std::memcpy(&x, take(4), 4);
+  [[gnu::always_inline]] uint8_t byte() { return *take(1); }
+  template <class T>
+  [[gnu::always_inline]] T load() {
+    T x;
+    std::memcpy(&x, take(sizeof(T)), sizeof(T));
     return x;
   }
   // A count of items of at least `min_bytes` each: never more than the bytes left allow.
   uint32_t count(uint32_t min_bytes) {
-    uint32_t n = u32();
+    uint32_t n = load<uint32_t>();
     if (uint64_t(n) * min_bytes > uint64_t(end_ - p_)) throw_corrupt_value();
     return n;
   }
-  const uint8_t* take(uint64_t n) {
-    if (uint64_t(end_ - p_) < n) throw_corrupt_value();
+  [[gnu::always_inline]] const uint8_t* take(uint64_t n) {
+    if (__builtin_expect(uint64_t(end_ - p_) < n, 0)) throw_corrupt_value();
     const uint8_t* at = p_;
     p_ += n;
     return at;
