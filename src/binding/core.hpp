@@ -76,12 +76,15 @@ class Core {
   // RAII: counts this thread as inside an operation; refuses if closed.
   class Use {
    public:
+    // Every Use begins and ends with the GIL held (a section that lets the
+    // GIL go is always nested inside one), and so does close(): the GIL
+    // orders all updates of state_, which are therefore plain loads and
+    // stores.  An atomic read-modify-write here cost two locked
+    // instructions on every get and set.
     explicit Use(Core* c) : c_(c) {
-      uint64_t prev = c_->state_.fetch_add(2, std::memory_order_acquire);
-      if (prev & 1) {
-        leave();
-        throw ClosedError{c_->name_};
-      }
+      uint64_t prev = c_->state_.load(std::memory_order_relaxed);
+      if (prev & 1) throw ClosedError{c_->name_};
+      c_->state_.store(prev + 2, std::memory_order_relaxed);
     }
     ~Use() { leave(); }
     sbx::Dict* operator->() const { return c_->dict_.get(); }
@@ -89,7 +92,9 @@ class Core {
 
    private:
     void leave() {
-      if (c_->state_.fetch_sub(2, std::memory_order_acq_rel) == 3) c_->release();
+      uint64_t now = c_->state_.load(std::memory_order_relaxed) - 2;
+      c_->state_.store(now, std::memory_order_relaxed);
+      if (now == 1) c_->release();  // the last one out of a closed handle
     }
     Core* c_;
   };
@@ -97,7 +102,8 @@ class Core {
   void close() {
     value_cache_.clear();  // the GIL is held: no get() is touching it
     items_cache_.clear();
-    uint64_t prev = state_.fetch_or(1, std::memory_order_acq_rel);
+    uint64_t prev = state_.load(std::memory_order_relaxed);  // GIL-ordered (see Use)
+    state_.store(prev | 1, std::memory_order_relaxed);
     if (!(prev & 1) && (prev >> 1) == 0) release();
   }
   bool closed() const { return state_.load(std::memory_order_acquire) & 1; }

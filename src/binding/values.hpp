@@ -49,13 +49,13 @@ class Encoded : public sbx::ValueSource {
 
   void encode(PyObject* v) {
     PyTypeObject* t = Py_TYPE(v);
-    if (v == Py_None) return tag_only(codec::kNone);
-    if (t == &PyBool_Type) return tag_only(v == Py_True ? codec::kTrue : codec::kFalse);
+    if (v == Py_None) return set_tag(codec::kNone);
+    if (t == &PyBool_Type) return set_tag(v == Py_True ? codec::kTrue : codec::kFalse);
     if (t == &PyLong_Type) {
       int overflow = 0;
       long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
       if (!overflow && !(x == -1 && PyErr_Occurred())) {
-        head_.assign(1, char(codec::kInt64));
+        set_tag(codec::kInt64);
         head_.append(reinterpret_cast<const char*>(&x), 8);
         return;
       }
@@ -64,7 +64,7 @@ class Encoded : public sbx::ValueSource {
     }
     if (t == &PyFloat_Type) {
       double x = PyFloat_AS_DOUBLE(v);
-      head_.assign(1, char(codec::kFloat64));
+      set_tag(codec::kFloat64);
       head_.append(reinterpret_cast<const char*>(&x), 8);
       return;
     }
@@ -75,14 +75,14 @@ class Encoded : public sbx::ValueSource {
         PyErr_Clear();
         return pickled(v);
       }
-      head_.assign(1, char(codec::kStr));
+      set_tag(codec::kStr);
       keep_ = nb::borrow(v);
       payload_ = reinterpret_cast<const uint8_t*>(p);
       payload_len_ = uint64_t(n);
       return;
     }
     if (t == &PyBytes_Type) {
-      head_.assign(1, char(codec::kBytes));
+      set_tag(codec::kBytes);
       keep_ = nb::borrow(v);
       payload_ = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(v));
       payload_len_ = uint64_t(PyBytes_GET_SIZE(v));
@@ -113,7 +113,12 @@ class Encoded : public sbx::ValueSource {
     return reinterpret_cast<PyObject*>(t) == g.ndarray_type;
   }
 
-  void tag_only(codec::Tag tag) { head_.assign(1, char(tag)); }
+  // The head is the tag alone.  clear() + push_back stays in the short-string
+  // buffer; assign(1, c) goes through a general replace (~50 instructions).
+  void set_tag(char tag) {
+    head_.clear();
+    head_.push_back(tag);
+  }
 
   // Stores the contents of a buffer-protocol object (C order) as bytes.
   void buffer_bytes(PyObject* v) {
@@ -121,7 +126,7 @@ class Encoded : public sbx::ValueSource {
     nb::object view = nb::steal(PyMemoryView_GetContiguous(v, PyBUF_READ, 'C'));
     if (!view.is_valid()) throw nb::python_error();  // e.g. a released memoryview
     const Py_buffer* b = PyMemoryView_GET_BUFFER(view.ptr());
-    head_.assign(1, char(codec::kBytes));
+    set_tag(codec::kBytes);
     payload_ = static_cast<const uint8_t*>(b->buf);
     payload_len_ = uint64_t(b->len);
     keep_ = std::move(view);
@@ -150,7 +155,7 @@ class Encoded : public sbx::ValueSource {
       throw nb::python_error();
     }
     if (!PyBytes_Check(data.ptr())) throw std::runtime_error("pickle helper must return bytes");
-    head_.assign(1, char(codec::kPickle));
+    set_tag(codec::kPickle);
     payload_ = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(data.ptr()));
     payload_len_ = uint64_t(PyBytes_GET_SIZE(data.ptr()));
     keep_ = std::move(data);

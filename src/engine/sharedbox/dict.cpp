@@ -271,6 +271,14 @@ uint64_t Dict::size() const {
 }
 
 namespace {
+// Takes the stripe's next record stamp.  Only the stripe-lock holder writes
+// s_next_stamp, so a load and a store suffice (no locked instruction).
+uint64_t next_stamp(Stripe& s) {
+  uint64_t n = s.s_next_stamp.load(std::memory_order_relaxed);
+  s.s_next_stamp.store(n + 1, std::memory_order_relaxed);
+  return n;
+}
+
 // Brackets the part of a put or erase during which s_count may disagree with
 // the slots (see Stripe::s_change_seq).  Nothing between them can throw.
 void begin_change(Stripe& s) {
@@ -671,8 +679,7 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
       pin_entry(uint32_t(pins_slot()), built->entry)
           .e_ref.store(built->block, std::memory_order_release);
       SBX_CRASH_POINT(publish_pin_converted);
-      uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 17) |
-                       (uint64_t(si) << 1);
+      uint64_t stamp = (next_stamp(s) << 17) | (uint64_t(si) << 1);
       reinterpret_cast<RecordHeader*>(base_ + built->block)
           ->r_stamp.store(stamp, std::memory_order_release);
       SBX_CRASH_POINT(publish_stamped);
@@ -701,8 +708,7 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
                       "create a larger SharedDict (see recommend_sizing())");
     }
     if (!built) {
-      uint64_t stamp = (s.s_next_stamp.fetch_add(1, std::memory_order_relaxed) << 17) |
-                       (uint64_t(si) << 1);
+      uint64_t stamp = (next_stamp(s) << 17) | (uint64_t(si) << 1);
       try {
         write_record(off, block_units, stamp, k, src, vmax);
       } catch (...) {
