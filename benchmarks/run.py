@@ -34,6 +34,8 @@ OLD_VENV = os.path.join(ROOT, ".bench-venvs", "sharedbox-0.2.4")
 JOBS = {
     "small": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "lmdb-op", "redis",
               "manager", "ultradict", "shm-dict"],
+    # iter_keys keys walked each way a user walks them (`for k in d`, keys(),
+    # items()), and len(d)
     "iterate": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "redis", "manager",
                 "ultradict", "shm-dict"],
     "numpy": ["sharedbox", "sharedbox-0.2.4", "shm", "lmdb", "redis", "manager"],
@@ -74,6 +76,9 @@ QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
              burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2],
              bulk_keys=1_000)
 
+# iterate: calls of len(d) per timed loop (divided by the system's slow_factor)
+FULL.update(len_calls=100_000)
+QUICK.update(len_calls=5_000)
 # incr: increments per process (divided per variant, systems.py incr_variants);
 # wait: ping-pong round trips per run and seconds of each idle wait
 FULL.update(incr_n=300_000, incr_procs=[1, 2, 4], wait_rounds=2_000, idle_seconds=1.0)

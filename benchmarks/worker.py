@@ -170,21 +170,58 @@ def reader_small(system, job) -> None:
 
 
 # -- iteration -----------------------------------------------------------------
+# Every way a user walks the store, each a timed loop of its own (systems.py):
+# metric -> the system's loop.  "iterate" is `for k in d.keys()`, the job's one
+# row before the others were added; the name is kept so that --compare matches
+# older results files.
+ITER_LOOPS = {"iter": "iter_loop", "iterate": "keys_loop", "items": "items_loop"}
+
+
+def iter_keys(count: int) -> list:
+    return [f"it:{i:07d}" for i in range(count)]
+
+
 def owner_iterate(system, job) -> None:
-    keys = [f"it:{i:07d}" for i in range(job["iter_keys"])]
+    """Key it:i holds the int i."""
+    keys = iter_keys(job["iter_keys"])
     system.fill(keys, list(range(len(keys))))
     emit("ready", results={})
+
+
+def check_iteration(metric: str, got, count: int) -> None:
+    """A key loop returns how many keys it saw.  items_loop returns (keys
+    seen, sum of the values, last key, its value): every key seen once with
+    the value the owner wrote (the sum is 0 + 1 + ... + count-1), and the last
+    pair belongs together."""
+    if metric != "items":
+        require(got == count, f"{metric}: iterated {got} of {count} keys")
+        return
+    n, total, key, value = got
+    require(n == count, f"items: {n} of {count} keys")
+    require(total == count * (count - 1) // 2, f"items: the values sum to {total}")
+    require(key == f"it:{value:07d}", f"items: {key!r} holds {value!r}")
 
 
 def reader_iterate(system, job) -> None:
     count = job["iter_keys"]
     if not system.shared:
-        system.fill([f"it:{i:07d}" for i in range(count)], list(range(count)))
-    samples = per_op(
-        system.iterate, (), count, job["repeats"],
-        check=lambda n: require(n == count, f"iterated {n} of {count} keys"),
+        system.fill(iter_keys(count), list(range(count)))
+    results = {}
+    for metric, loop in ITER_LOOPS.items():
+        if getattr(system, loop) is None:  # no such way: the table shows "—"
+            continue
+        results[metric] = per_op(
+            getattr(system, loop), (), count, job["repeats"],
+            check=lambda got, metric=metric: check_iteration(metric, got, count),
+        )
+    # len(d) per call; slow systems make fewer calls (a round trip, or a read
+    # of the whole store, each)
+    calls = max(job["min_ops"], job["len_calls"] // system.slow_factor)
+    results["len"] = per_op(
+        system.len_loop, (calls,), calls, job["repeats"],
+        check=lambda n: require(n == count, f"len: {n}, not {count}"),
     )
-    emit("result", results={"iterate": samples})
+    emit("result", results=results)
 
 
 # -- NumPy arrays ----------------------------------------------------------------
