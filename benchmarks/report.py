@@ -21,14 +21,17 @@ SMALL_ROWS = [
     ("mix_90_10", "90% get / 10% set"),
 ]
 
-# issue 14: job "small_kib", values of about 1 KiB (same layout as SMALL_ROWS)
+# issue 14: job "small_kib", values of about 1 KiB and a 3-tuple (same layout
+# as SMALL_ROWS)
 KIB_ROWS = [
     ("get_str1k", "get, 1 KiB str"),
     ("get_pdict1k", "get, ~1 KiB dict (30 str fields + int, pickled)"),
     ("get_floats100", "get, list of 100 floats"),
+    ("get_tuple3", "get, 3-tuple (int, str, float)"),
     ("set_str1k", "set, 1 KiB str"),
     ("set_pdict1k", "set, ~1 KiB dict (30 str fields + int, pickled)"),
     ("set_floats100", "set, list of 100 floats"),
+    ("set_tuple3", "set, 3-tuple (int, str, float)"),
 ]
 
 # job "iterate": (metric, the user's code), every way a user walks the store;
@@ -468,9 +471,10 @@ def issue14_markdown(data) -> str:
     parts = [_per_op_tables(
         data, "small_kib", KIB_ROWS,
         f"{cfg['n']:,} keys of each kind: a 1 KiB str, a dict of 30 fields of 21-char "
-        "strs and an int (1,077 bytes pickled), a list of 100 floats (916 bytes pickled); "
-        "written by the owner process, read by a second process, keys in random order.",
-        "Values of about 1 KiB")]
+        "strs and an int (1,077 bytes pickled), a list of 100 floats (916 bytes pickled), "
+        "a 3-tuple of an int, an 11-char str and a float (40 bytes pickled); written by "
+        "the owner process, read by a second process, keys in random order.",
+        "Values of about 1 KiB and a 3-tuple")]
     hot = data["results"].get("hotkey", {})
     if hot:
         parts.append(

@@ -50,8 +50,8 @@ JOBS = {
     # against a 1 ms polling loop)
     "incr": ["sharedbox", "manager", "ultradict", "redis"],
     "wait": ["sharedbox"],
-    # issue 14: get/set of values of about 1 KiB (1 KiB str, ~1 KiB pickled
-    # dict, 100-float list), the same systems and protocol as "small"
+    # issue 14: get/set of pickled values (1 KiB str, ~1 KiB pickled dict,
+    # 100-float list, 3-tuple), the same systems and protocol as "small"
     "small_kib": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "lmdb-op", "redis",
                   "manager", "ultradict", "shm-dict"],
     # one key read by 2 processes while a third overwrites it (every read checked)
@@ -258,8 +258,8 @@ class Runner:
         max_keys = max(4 * n, 2 * self.cfg["iter_keys"], 64 * self.cfg["scale_keys"])
         if job == "mixed":  # six kinds of mixed_n keys in one store
             max_keys = max(max_keys, 8 * self.cfg["mixed_n"])
-        if job == "small_kib":  # three kinds of ~1 KiB values (shared-memory-dict: one block)
-            extra.setdefault("shm_dict_bytes", 3 * n * 1300 + (1 << 20))
+        if job == "small_kib":  # shared-memory-dict's one block: 3 kinds of ~1 KiB, a tuple
+            extra.setdefault("shm_dict_bytes", 3 * n * 1300 + n * 100 + (1 << 20))
         return dict(self.cfg, job=job, system=system, role=role,
                     name=f"{self.prefix}_{self.counter}", segment_bytes=segment,
                     max_keys=max_keys, **extra)
