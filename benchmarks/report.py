@@ -42,7 +42,7 @@ ITER_ROWS = [
     ("items", "`for k, v in d.items()`"),
     ("len", "`len(d)`"),
 ]
-# the same rows titled per operation (the ratio tables)
+# the same rows titled per operation (the ratio tables, --compare)
 ITER_PER_OP_ROWS = [(metric, f"{code} (per call)" if metric == "len" else f"{code} (per key)")
                     for metric, code in ITER_ROWS]
 
@@ -532,13 +532,13 @@ def issue14_markdown(data) -> str:
 def compare(previous, now, jobs, slower: float) -> tuple:
     """(markdown table, flagged rows) of every per-operation row of `jobs`
     measured in both runs: median then, median now, now ÷ then."""
-    titles = dict(SMALL_ROWS + KIB_ROWS)
+    titles = dict(SMALL_ROWS + KIB_ROWS + ITER_PER_OP_ROWS)
     labels = now["labels"]
     rows, flagged = [], []
     for job in jobs:
         old_res = previous.get("results", {}).get(job, {})
         for system, res in now["results"].get(job, {}).items():
-            for metric, title in SMALL_ROWS + KIB_ROWS:
+            for metric, title in titles.items():
                 a = old_res.get(system, {}).get(metric)
                 b = res.get(metric)
                 if not a or not b:

@@ -66,7 +66,7 @@ JOBS = {
 }
 
 # the rows --compare checks: every per-operation figure of these jobs
-COMPARE_JOBS = ("small", "small_kib")
+COMPARE_JOBS = ("small", "small_kib", "iterate")
 COMPARE_SLOWER = 1.10  # a row is flagged when now / previous exceeds this
 
 FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
