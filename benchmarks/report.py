@@ -74,6 +74,8 @@ def spread(samples) -> str:
 
 
 def fmt_ns(ns: float) -> str:
+    if ns >= 1e9:  # whole loops of slow systems (Manager's `for k in d`: a round trip a key)
+        return f"{ns / 1e9:.2f} s"
     if ns >= 1e6:
         return f"{ns / 1e6:.1f} ms"
     if ns >= 1e4:
