@@ -21,15 +21,30 @@ SMALL_ROWS = [
     ("mix_90_10", "90% get / 10% set"),
 ]
 
-# issue 14: job "small_kib", values of about 1 KiB (same layout as SMALL_ROWS)
+# issue 14: job "small_kib", values of about 1 KiB and a 3-tuple (same layout
+# as SMALL_ROWS)
 KIB_ROWS = [
     ("get_str1k", "get, 1 KiB str"),
     ("get_pdict1k", "get, ~1 KiB dict (30 str fields + int, pickled)"),
     ("get_floats100", "get, list of 100 floats"),
+    ("get_tuple3", "get, 3-tuple (int, str, float)"),
     ("set_str1k", "set, 1 KiB str"),
     ("set_pdict1k", "set, ~1 KiB dict (30 str fields + int, pickled)"),
     ("set_floats100", "set, list of 100 floats"),
+    ("set_tuple3", "set, 3-tuple (int, str, float)"),
 ]
+
+# job "iterate": (metric, the user's code), every way a user walks the store;
+# the samples are ns per key (ns per call for len)
+ITER_ROWS = [
+    ("iter", "`for k in d`"),
+    ("iterate", "`for k in d.keys()`"),
+    ("items", "`for k, v in d.items()`"),
+    ("len", "`len(d)`"),
+]
+# the same rows titled per operation (the ratio tables, --compare)
+ITER_PER_OP_ROWS = [(metric, f"{code} (per call)" if metric == "len" else f"{code} (per key)")
+                    for metric, code in ITER_ROWS]
 
 # job "mixed": kind -> row title
 MIXED_ROWS = [
@@ -41,6 +56,7 @@ MIXED_ROWS = [
     ("pdict1k", "~1 KiB pickled dict"),
 ]
 MIXED_LIMIT = 1.3
+LEN_LIMIT_NS = 100  # len(d), sharedbox, per call
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -58,6 +74,8 @@ def spread(samples) -> str:
 
 
 def fmt_ns(ns: float) -> str:
+    if ns >= 1e9:  # whole loops of slow systems (Manager's `for k in d`: a round trip a key)
+        return f"{ns / 1e9:.2f} s"
     if ns >= 1e6:
         return f"{ns / 1e6:.1f} ms"
     if ns >= 1e4:
@@ -168,45 +186,62 @@ def markdown(data) -> str:
                          + issue14_targets(data) + zc_targets(data)]))
 
     small = data["results"].get("small", {})
-    if small:
-        cols = [s for s in small]
+    it = data["results"].get("iterate", {})
+    if small or it:
+        # the small job's systems, then any that only the iterate job ran
+        cols = list(small) + [s for s in it if s not in small]
+        intro = []
+        if small:
+            intro.append(
+                f"{cfg['n']:,} keys of each kind (str, int, small dict values); values "
+                "written by the owner process and read by a second process; keys in random "
+                "order.")
+        if it:
+            intro.append(
+                f"Iteration: {cfg['iter_keys']:,} keys holding ints, written by the owner "
+                "process and walked by a second process each way a user walks them "
+                "(`items()` also unpickles every value where the system stores bytes); "
+                f"`len(d)`: time per call, {cfg.get('len_calls', 0):,} calls per loop.")
         parts.append(
-            f"\n### Small operations: time per operation\n\n{cfg['n']:,} keys of each kind "
-            "(str, int, small dict values); values written by the owner process and read "
-            "by a second process; keys in random order. Slow systems time fewer operations "
-            f"over the same data ({slow_note(data, cols)}).\n\n"
+            "\n### Small operations: time per operation\n\n" + " ".join(intro)
+            + " Slow systems time fewer operations over the same data "
+            f"({slow_note(data, cols)}).\n\n"
         )
         rows = []
-        for metric, title in SMALL_ROWS:
+        for metric, title in SMALL_ROWS if small else []:
             row = [title]
             for s in cols:
-                samples = small[s].get(metric)
+                samples = small.get(s, {}).get(metric)
                 row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
             rows.append(row)
-        it = data["results"].get("iterate", {})
-        if it:
-            row = [f"iterate {cfg['iter_keys']:,} keys (whole loop)"]
+        for metric, code in ITER_ROWS if it else []:
+            # the loops over every key: the whole loop; len(d): one call
+            per = 1 if metric == "len" else cfg["iter_keys"]
+            row = [f"{code} (per call)" if metric == "len"
+                   else f"{code} over {cfg['iter_keys']:,} keys (whole loop)"]
             for s in cols:
-                samples = it.get(s, {}).get("iterate")
-                row.append(fmt_ns(median(samples) * cfg["iter_keys"]) + spread(samples)
-                           if samples else "—")
+                samples = it.get(s, {}).get(metric)
+                row.append(fmt_ns(median(samples) * per) + spread(samples) if samples else "—")
             rows.append(row)
-        row = ["attach to an existing store"]
-        for s in cols:
-            samples = small[s].get("attach")
-            row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
-        rows.append(row)
+        if small:
+            row = ["attach to an existing store"]
+            for s in cols:
+                samples = small.get(s, {}).get("attach")
+                row.append(fmt_ns(median(samples)) + spread(samples) if samples else "—")
+            rows.append(row)
         parts.append(_table(["operation"] + [labels[s] for s in cols], rows))
 
+        iter_metrics = {metric for metric, _ in ITER_ROWS}
         for base, title in (("dict", "Ratio to the in-process dict (lower is better)"),
                             ("sharedbox", "Each system's time ÷ sharedbox's "
                                           "(above 1: sharedbox is faster)")):
-            if base not in small:
+            if base not in cols:
                 continue
             parts.append(f"\n### {title}\n\n")
             rows = []
-            for metric, rtitle in SMALL_ROWS + [("iterate", "iterate (per key)")]:
-                job = "iterate" if metric == "iterate" else "small"
+            for metric, rtitle in ((SMALL_ROWS if small else [])
+                                   + (ITER_PER_OP_ROWS if it else [])):
+                job = "iterate" if metric in iter_metrics else "small"
                 row = [rtitle]
                 for s in cols:
                     r = ratio(data, job, metric, s, base)
@@ -348,6 +383,29 @@ def issue14_targets(data) -> list:
             add(f"{title}: fastest other shared system ÷ sharedbox",
                 f"{fmt_ratio(r)} ({labels[best[1]]} {fmt_ns(best[0])}, sharedbox "
                 f"{fmt_ns(ours)})", "> 1×", r > 1)
+    if data["results"].get("iterate", {}).get("sharedbox"):
+        n = data["config"]["iter_keys"]
+        for metric, code in ITER_ROWS:
+            if metric == "len":
+                continue
+            what = f"{code} over {n:,} keys"
+            r = ratio(data, "iterate", metric, "sharedbox", "dict")
+            add(f"{what} ÷ in-process dict", r and fmt_ratio(r), "≤ 2×",
+                r is not None and r <= 2)
+            r = ratio(data, "iterate", metric, "lmdb", "sharedbox")
+            add(f"{what}: py-lmdb's cursor ÷ sharedbox", r and fmt_ratio(r), "> 1×",
+                r is not None and r > 1)
+            ours = _get(data, "iterate", "sharedbox", metric)
+            best = _fastest_other(data, "iterate", metric)
+            if ours is None or best is None:
+                continue
+            r = best[0] / ours
+            add(f"iteration, {what}: fastest other shared system ÷ sharedbox",
+                f"{fmt_ratio(r)} ({labels[best[1]]} {fmt_ns(best[0] * n)}, sharedbox "
+                f"{fmt_ns(ours * n)})", "> 1×", r > 1)
+        v = _get(data, "iterate", "sharedbox", "len")
+        add("`len(d)`, sharedbox, per call", v and fmt_ns(v), f"≤ {LEN_LIMIT_NS} ns",
+            v is not None and v <= LEN_LIMIT_NS)
     hot = data["results"].get("hotkey", {})
     if hot.get("sharedbox"):
         ours = median(hot["sharedbox"]["reads"])
@@ -415,9 +473,10 @@ def issue14_markdown(data) -> str:
     parts = [_per_op_tables(
         data, "small_kib", KIB_ROWS,
         f"{cfg['n']:,} keys of each kind: a 1 KiB str, a dict of 30 fields of 21-char "
-        "strs and an int (1,077 bytes pickled), a list of 100 floats (916 bytes pickled); "
-        "written by the owner process, read by a second process, keys in random order.",
-        "Values of about 1 KiB")]
+        "strs and an int (1,077 bytes pickled), a list of 100 floats (916 bytes pickled), "
+        "a 3-tuple of an int, an 11-char str and a float (40 bytes pickled); written by "
+        "the owner process, read by a second process, keys in random order.",
+        "Values of about 1 KiB and a 3-tuple")]
     hot = data["results"].get("hotkey", {})
     if hot:
         parts.append(
@@ -475,13 +534,13 @@ def issue14_markdown(data) -> str:
 def compare(previous, now, jobs, slower: float) -> tuple:
     """(markdown table, flagged rows) of every per-operation row of `jobs`
     measured in both runs: median then, median now, now ÷ then."""
-    titles = dict(SMALL_ROWS + KIB_ROWS)
+    titles = dict(SMALL_ROWS + KIB_ROWS + ITER_PER_OP_ROWS)
     labels = now["labels"]
     rows, flagged = [], []
     for job in jobs:
         old_res = previous.get("results", {}).get(job, {})
         for system, res in now["results"].get(job, {}).items():
-            for metric, title in SMALL_ROWS + KIB_ROWS:
+            for metric, title in titles.items():
                 a = old_res.get(system, {}).get(metric)
                 b = res.get(metric)
                 if not a or not b:

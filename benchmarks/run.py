@@ -34,6 +34,8 @@ OLD_VENV = os.path.join(ROOT, ".bench-venvs", "sharedbox-0.2.4")
 JOBS = {
     "small": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "lmdb-op", "redis",
               "manager", "ultradict", "shm-dict"],
+    # iter_keys keys walked each way a user walks them (`for k in d`, keys(),
+    # items()), and len(d)
     "iterate": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "redis", "manager",
                 "ultradict", "shm-dict"],
     "numpy": ["sharedbox", "sharedbox-0.2.4", "shm", "lmdb", "redis", "manager"],
@@ -48,8 +50,8 @@ JOBS = {
     # against a 1 ms polling loop)
     "incr": ["sharedbox", "manager", "ultradict", "redis"],
     "wait": ["sharedbox"],
-    # issue 14: get/set of values of about 1 KiB (1 KiB str, ~1 KiB pickled
-    # dict, 100-float list), the same systems and protocol as "small"
+    # issue 14: get/set of pickled values (1 KiB str, ~1 KiB pickled dict,
+    # 100-float list, 3-tuple), the same systems and protocol as "small"
     "small_kib": ["dict", "sharedbox", "sharedbox-0.2.4", "lmdb", "lmdb-op", "redis",
                   "manager", "ultradict", "shm-dict"],
     # one key read by 2 processes while a third overwrites it (every read checked)
@@ -64,7 +66,7 @@ JOBS = {
 }
 
 # the rows --compare checks: every per-operation figure of these jobs
-COMPARE_JOBS = ("small", "small_kib")
+COMPARE_JOBS = ("small", "small_kib", "iterate")
 COMPARE_SLOWER = 1.10  # a row is flagged when now / previous exceeds this
 
 FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
@@ -74,6 +76,9 @@ QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
              burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2],
              bulk_keys=1_000)
 
+# iterate: calls of len(d) per timed loop (divided by the system's slow_factor)
+FULL.update(len_calls=100_000)
+QUICK.update(len_calls=5_000)
 # incr: increments per process (divided per variant, systems.py incr_variants);
 # wait: ping-pong round trips per run and seconds of each idle wait
 FULL.update(incr_n=300_000, incr_procs=[1, 2, 4], wait_rounds=2_000, idle_seconds=1.0)
@@ -253,8 +258,8 @@ class Runner:
         max_keys = max(4 * n, 2 * self.cfg["iter_keys"], 64 * self.cfg["scale_keys"])
         if job == "mixed":  # six kinds of mixed_n keys in one store
             max_keys = max(max_keys, 8 * self.cfg["mixed_n"])
-        if job == "small_kib":  # three kinds of ~1 KiB values (shared-memory-dict: one block)
-            extra.setdefault("shm_dict_bytes", 3 * n * 1300 + (1 << 20))
+        if job == "small_kib":  # shared-memory-dict's one block: 3 kinds of ~1 KiB, a tuple
+            extra.setdefault("shm_dict_bytes", 3 * n * 1300 + n * 100 + (1 << 20))
         return dict(self.cfg, job=job, system=system, role=role,
                     name=f"{self.prefix}_{self.counter}", segment_bytes=segment,
                     max_keys=max_keys, **extra)

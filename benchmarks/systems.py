@@ -95,10 +95,34 @@ class System:
         d = self.d
         return [d[k] for k in keys]
 
-    def iterate(self) -> int:
+    # -- iteration (job "iterate"): every way a user walks the store --------
+    def iter_loop(self) -> int:
+        n = 0
+        for _ in self.d:
+            n += 1
+        return n
+
+    def keys_loop(self) -> int:
         n = 0
         for _ in self.d.keys():
             n += 1
+        return n
+
+    def items_loop(self) -> tuple:
+        """(keys seen, sum of the values, last key, its value): the worker
+        checks them off the clock; the sum is the one use of every value."""
+        n = total = 0
+        k = v = None
+        for k, v in self.d.items():
+            n += 1
+            total += v
+        return n, total, k, v
+
+    def len_loop(self, calls: int) -> int:
+        d = self.d
+        n = 0
+        for _ in range(calls):
+            n = len(d)
         return n
 
     def set_array(self, key: str, arr) -> None:
@@ -216,7 +240,10 @@ class OldSharedBox(SharedBox):
     """The older public `sharedbox` (PyPI 0.2.4), run from its own venv."""
 
     key, label = "sharedbox-0.2.4", "sharedbox 0.2.4 (PyPI)"
-    # Same constructor, close() and unlink() as ours: everything is inherited.
+    # Same constructor, close() and unlink() as ours: everything is inherited,
+    # but `for k in d`: 0.2.4 has no __iter__ (Python falls back to d[0],
+    # d[1], ..., which raises TypeError), only keys() and items()
+    iter_loop = None
 
 
 
@@ -258,6 +285,11 @@ class Manager(System):
             pass
 
         _Client.register("get_store", proxytype=DictProxy)
+        # `for k in d` on a DictProxy gets an iterator proxy from the server
+        # (one round trip per key), registered as SyncManager does
+        from multiprocessing.managers import IteratorProxy
+
+        _Client.register("Iterator", proxytype=IteratorProxy, create_method=False)
         from multiprocessing.managers import AcquirerProxy
 
         _Client.register("get_lock", proxytype=AcquirerProxy)
@@ -478,12 +510,35 @@ class Lmdb(System):
                 with env.begin(write=True) as txn:
                     txn.put(k.encode(), dumps(v))
 
-    def iterate(self):
+    # py-lmdb has no mapping: a user walks the keys with a cursor in one read
+    # txn, decoding each key, so `for k in d` and keys() are the same loop
+    def keys_loop(self):
         n = 0
         with self.env.begin() as txn:
             for k in txn.cursor().iternext(values=False):
                 k.decode()
                 n += 1
+        return n
+
+    iter_loop = keys_loop
+
+    def items_loop(self):
+        loads = pickle.loads
+        n = total = 0
+        k = v = None
+        with self.env.begin() as txn:
+            for k, v in txn.cursor().iternext(values=True):
+                k, v = k.decode(), loads(v)
+                n += 1
+                total += v
+        return n, total, k, v
+
+    def len_loop(self, calls):
+        # the exact count of the last committed txn, kept in the B-tree's root
+        stat = self.env.stat
+        n = 0
+        for _ in range(calls):
+            n = stat()["entries"]
         return n
 
     def set_array(self, key, arr):
@@ -565,11 +620,38 @@ class Redis(System):
             else:
                 r.set(k, dumps(v))
 
-    def iterate(self):
+    # The store is the whole database (one key per entry, db 0, flushed by
+    # destroy): SCAN walks its keys, a batch of 1000 per round trip, so
+    # `for k in d` and keys() are the same loop; items() fetches each batch's
+    # values with one MGET; DBSIZE is the exact count.
+    def keys_loop(self):
         n = 0
         for k in self.r.scan_iter(count=1000):
             k.decode()
             n += 1
+        return n
+
+    iter_loop = keys_loop
+
+    def items_loop(self):
+        r, loads = self.r, pickle.loads
+        n = total = 0
+        k = v = None
+        cursor = 0
+        while True:
+            cursor, keys = r.scan(cursor, count=1000)
+            for k, v in zip(keys, r.mget(keys) if keys else []):
+                k, v = k.decode(), loads(v)
+                n += 1
+                total += v
+            if cursor == 0:  # the scan is complete
+                return n, total, k, v
+
+    def len_loop(self, calls):
+        dbsize = self.r.dbsize
+        n = 0
+        for _ in range(calls):
+            n = dbsize()
         return n
 
     def set_array(self, key, arr):

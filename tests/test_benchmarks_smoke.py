@@ -33,7 +33,12 @@ def test_quick_benchmark_runs(tmp_path):
         samples = small[metric]
         assert len(samples) == data["config"]["repeats"] and all(x > 0 for x in samples)
     assert set(results["small"]["dict"]) >= {"get_str", "set_str", "delete"}
-    assert results["iterate"]["sharedbox"]["iterate"]
+    # every way of walking the store (`for k in d`, keys(), items()) and len(d),
+    # each checked by the worker (count; items: the values' sum, the last pair)
+    for system in ("dict", "sharedbox"):
+        it = results["iterate"][system]
+        for metric in ("iter", "iterate", "items", "len"):
+            assert len(it[metric]) == data["config"]["repeats"] and all(x > 0 for x in it[metric])
     assert results["numpy"]["sharedbox"]["get_1MiB"]
     assert set(results["scale_read"]["sharedbox"]) == {"readers_1", "readers_2"}
     assert set(results["scale_write"]["sharedbox"]) == {"writers_1", "writers_2"}
@@ -52,7 +57,7 @@ def test_quick_benchmark_runs(tmp_path):
     repeats = data["config"]["repeats"]
     kib = results["small_kib"]["sharedbox"]
     for op in ("get", "set"):
-        for kind in ("str1k", "pdict1k", "floats100"):
+        for kind in ("str1k", "pdict1k", "floats100", "tuple3"):
             assert len(kib[f"{op}_{kind}"]) == repeats and all(x > 0 for x in kib[f"{op}_{kind}"])
     hot = results["hotkey"]["sharedbox"]
     assert len(hot["reads"]) == repeats and all(x > 0 for x in hot["reads"])
@@ -81,6 +86,11 @@ def test_quick_benchmark_runs(tmp_path):
     table = (out / "results.md").read_text()
     assert "### Targets" in table and "| sharedbox |" in table
     assert "### Zero-copy arrays" in table and "`d.view(k)` of a 1 KiB array" in table
+    for row in (f"| `for k in d` over {data['config']['iter_keys']:,} keys (whole loop) |",
+                "| `for k, v in d.items()` (per key) |", "| `len(d)` (per call) |",
+                "| get, 3-tuple (int, str, float) |",
+                "| `len(d)`, sharedbox, per call |"):
+        assert row in table, row
     # The segments and stores the run made are gone.
     assert data["store_prefix"].startswith("sbxbench")
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(data["store_prefix"] + "_")]
@@ -103,6 +113,56 @@ def test_compare_flags_slower_rows(tmp_path):
     assert flagged == ["sharedbox: get, str value"]
     assert "| sharedbox: get, str value | 100 ns | 112 ns | 1.12× | FLAG |" in table
     assert "| sharedbox: set, str value | 200 ns | 150 ns | 0.75× |  |" in table
+
+
+def test_iterate_report_rows():
+    """The iterate job's rows and targets from synthetic results (ns per key,
+    ns per call for len): whole loops in the time table, per-key ratios, a
+    system without a way shows "—", and the targets (÷ dict, py-lmdb's cursor
+    ÷ sharedbox, the fastest other shared system ÷ sharedbox, len(d) in ns)."""
+    from benchmarks import report, run
+
+    def flat(x):
+        return [x] * 3
+
+    it = {
+        "dict": {"iter": flat(10), "iterate": flat(10), "items": flat(20), "len": flat(40)},
+        "sharedbox": {"iter": flat(15), "iterate": flat(12), "items": flat(50), "len": flat(80)},
+        # the old sharedbox has no __iter__: no "iter" samples
+        "sharedbox-0.2.4": {"iterate": flat(60), "items": flat(200), "len": flat(100)},
+        "lmdb": {"iter": flat(30), "iterate": flat(30), "items": flat(100), "len": flat(900)},
+        "ultradict": {"iter": flat(10), "iterate": flat(24), "items": flat(40), "len": flat(500)},
+    }
+    labels = {"dict": "dict (in-process)", "sharedbox": "sharedbox",
+              "sharedbox-0.2.4": "sharedbox 0.2.4 (PyPI)", "lmdb": "py-lmdb (txn per loop)",
+              "ultradict": "UltraDict"}
+    data = {"machine": {"date": "then", "cpu": "cpu", "usable_cpus": 2, "cpus": 2,
+                        "memory": "1 GiB", "os": "os", "python": "3", "dev_shm_free": "1 GiB"},
+            "config": {"repeats": 3, "n": 100, "iter_keys": 1000, "len_calls": 1000},
+            "labels": labels, "versions": {}, "skipped": {}, "errors": {},
+            "results": {"iterate": it}}
+    rows = {r[0]: r[1:] for r in report.issue14_targets(data)}
+    assert rows["`for k in d` over 1,000 keys ÷ in-process dict"] == ("1.50×", "≤ 2×", "met")
+    assert rows["`for k in d` over 1,000 keys: py-lmdb's cursor ÷ sharedbox"] == (
+        "2.00×", "> 1×", "met")
+    assert rows["iteration, `for k in d` over 1,000 keys: fastest other shared system ÷ "
+                "sharedbox"] == ("0.67× (UltraDict 10 µs, sharedbox 15 µs)", "> 1×", "**not met**")
+    assert rows["iteration, `for k in d.keys()` over 1,000 keys: fastest other shared system "
+                "÷ sharedbox"] == ("2.00× (UltraDict 24 µs, sharedbox 12 µs)", "> 1×", "met")
+    assert rows["`for k, v in d.items()` over 1,000 keys ÷ in-process dict"] == (
+        "2.50×", "≤ 2×", "**not met**")
+    assert rows["`len(d)`, sharedbox, per call"] == ("80 ns", "≤ 100 ns", "met")
+    table = report.markdown(data)
+    assert ("| `for k in d` over 1,000 keys (whole loop) | 10 µs ±0% | 15 µs ±0% | — | "
+            "30 µs ±0% | 10 µs ±0% |") in table
+    assert "| `len(d)` (per call) | 40 ns ±0% | 80 ns ±0% | 100 ns ±0% | 900 ns ±0% |" in table
+    assert "| `for k, v in d.items()` (per key) | 0.40× | 1.00× | 4.00× | 2.00× | 0.80× |" in table
+    # --compare covers the rows too
+    previous = {"machine": {"date": "then"}, "config": {"repeats": 3, "n": 100},
+                "results": {"iterate": {"sharedbox": {"items": flat(40)}}}}
+    table, flagged = report.compare(previous, data, run.COMPARE_JOBS, run.COMPARE_SLOWER)
+    assert flagged == ["sharedbox: `for k, v in d.items()` (per key)"]
+    assert "| sharedbox: `for k, v in d.items()` (per key) | 40 ns | 50 ns | 1.25× | FLAG |" in table
 
 
 def test_zerocopy_report_ratios(tmp_path):
