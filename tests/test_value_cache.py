@@ -10,6 +10,9 @@ Two properties, each of which a wrong cache would break:
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
+
+import pytest
 
 from sharedbox import SharedDict
 
@@ -106,3 +109,75 @@ def test_two_handles_in_one_process(name):
         b.close()
         a.close()
         a.unlink()
+
+
+# -- containers handed out again (value_cache.hpp: one caller at a time) -------
+def test_a_container_still_held_is_never_handed_out_again(sd):
+    sd["l"] = [1.5, 2.5, "x"]
+    sd["d"] = {"a": 1, "b": (2, 3)}
+    for key in ("l", "d"):
+        first = sd[key]
+        second = sd[key]
+        assert first is not second and first == second
+        third = sd[key]  # both earlier ones are still held
+        assert third is not first and third is not second and third == first
+
+
+def test_a_container_dropped_unchanged_is_reused(sd):
+    # The common loop (read, use, drop) copies nothing: the same object comes
+    # back, equal to the stored value.
+    sd["l"] = [0.5] * 50
+    sd["d"] = {"k": "v", "n": 3}
+    first = sd["l"]
+    kept_id = id(first)
+    del first
+    again = sd["l"]
+    assert id(again) == kept_id and again == [0.5] * 50
+    if sys.version_info < (3, 12):  # dict version tags (PEP 509)
+        first = sd["d"]
+        kept_id = id(first)
+        del first
+        assert id(sd["d"]) == kept_id
+    assert sd["d"] == {"k": "v", "n": 3}
+
+
+@pytest.mark.parametrize("change", [
+    lambda x: x.append(9.0),
+    lambda x: x.pop(),
+    lambda x: x.__setitem__(0, 7.25),
+    lambda x: x.reverse(),
+    lambda x: x.sort(),
+    lambda x: x.clear(),
+    # the same value in a new object at what may be the old object's address
+    lambda x: (x.__delitem__(0), x.insert(0, float("3.75") + 0.0)),
+    lambda x: x.__setitem__(slice(0, 2), [x[1], x[0]]),
+])
+def test_a_list_changed_and_dropped_is_never_handed_out(sd, change):
+    stored = [3.75, 1.25, 2.5, 8.0]
+    sd["l"] = stored
+    for _ in range(3):
+        got = sd["l"]
+        change(got)
+        del got
+        assert sd["l"] == stored
+
+
+@pytest.mark.parametrize("change", [
+    lambda x: x.__setitem__("a", 99),
+    lambda x: x.__setitem__("a", 1),  # the same object again: the dict is unchanged
+    lambda x: x.pop("b"),
+    lambda x: (x.clear(), x.update({"a": 1, "b": "two"})),
+    lambda x: x.setdefault("c", 3),
+    lambda x: x.update(a=5),
+    lambda x: x.popitem(),
+    lambda x: x.__ior__({"z": 0}),
+])
+def test_a_dict_changed_and_dropped_is_never_handed_out(sd, change):
+    stored = {"a": 1, "b": "two"}
+    sd["d"] = stored
+    for _ in range(3):
+        got = sd["d"]
+        change(got)
+        del got
+        fresh = sd["d"]
+        assert fresh == stored and list(fresh) == ["a", "b"]

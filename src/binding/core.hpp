@@ -115,7 +115,7 @@ class Core {
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
     // The probe runs no Python and keeps the GIL, so `cached` stays valid.
-    if (const ValueCache::Entry* cached = value_cache_.find(k.hash, kb.data, size_t(kb.len))) {
+    if (ValueCache::Entry* cached = value_cache_.find(k.hash)) {
       uint64_t version;
       if (!d->version(k, &version)) {
         *found = false;
@@ -137,7 +137,7 @@ class Core {
                           ((tag == codec::kStr || tag == codec::kBytes) &&
                            sink.stored_len() > ValueCache::kMinStrBytes);
     if (!worth_it) return v;
-    return value_cache_.offer(k.hash, kb.data, size_t(kb.len), stamp >> 1, std::move(v),
+    return value_cache_.offer(k.hash, stamp >> 1, std::move(v),
                               sink.stored_len());
   }
 
