@@ -409,13 +409,14 @@ std::vector<Scenario> scenarios() {
                  set_new(st, "k0001", make_value("k0001", 1, value_len_for_units(4)));
                },
                [](State& st) { put(*st.d, st.key, st.new_value); }});
-  // The stripe already has a spare, so the overwritten block goes back to
-  // the allocator.
+  // The stripe already has a spare (a0001's first block) that the new record
+  // is too large for: the overwritten block of k0001 becomes the spare, and
+  // the older spare goes back to the allocator.
   v.push_back({"put_hands_back", small, 64, 1, [](State& st) {
                  plain_keys(st, 5);
+                 ack(st, "k0001", make_value("k0001", 0, 600));
                  ack(st, "a0001", make_value("a0001", 0, 200));
                  ack(st, "a0001", make_value("a0001", 1, 900));
-                 ack(st, "k0001", make_value("k0001", 0, 200));
                  set_new(st, "k0001", make_value("k0001", 1, 2000));
                },
                [](State& st) { put(*st.d, st.key, st.new_value); }});

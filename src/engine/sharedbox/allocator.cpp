@@ -209,6 +209,16 @@ uint64_t Dict::alloc(uint64_t units, std::atomic<uint64_t>* target, bool from_to
 // belong to (up to the largest class's size on either side) and lowers the
 // hint of every class that run can hold to the run's first word.
 void Dict::lower_class_hints(uint64_t first, uint64_t n) {
+  // The run starts at most kLargestClassUnits below `first`, so no hint at
+  // or below that run's lowest possible first word can move: frees next to
+  // earlier frees (a delete loop) skip the scan of up to 128 bitmap words.
+  AllocState& a = hdr_->h_alloc;
+  const uint64_t lowest_word = first >= kLargestClassUnits + 64
+                                   ? (first - kLargestClassUnits) / 64 - 1 : 0;
+  bool any_above = false;
+  for (uint32_t c = 0; c < kSizeClasses && !any_above; ++c)
+    any_above = a.a_class_hint[c] > lowest_word;
+  if (!any_above) return;
   uint64_t start = first, end = first + n;
   while (start > 0 && first - start < kLargestClassUnits) {  // free units below, a word at a time
     const uint64_t u = start - 1, b = u % 64;
@@ -233,7 +243,6 @@ void Dict::lower_class_hints(uint64_t first, uint64_t n) {
   end = std::min(end, heap_units_);
   const uint64_t len = end - start;
   const uint32_t word = uint32_t(start / 64);
-  AllocState& a = hdr_->h_alloc;
   for (uint32_t c = 0; c < kSizeClasses; ++c) {
     if (c >= kExactClasses && size_class_units(c) > len) break;
     if (c < kExactClasses && c + 1 > len) break;

@@ -40,6 +40,7 @@
   /* Dict::take_spare / Dict::retire_block */                                    \
   X(spare_named_by_journal)    /* spare block named by s_spare and j_new */      \
   X(spare_taken)               /* s_spare = 0, block owned by j_new */           \
+  X(retire_old_spare_freed)    /* previous spare freed, j_old not yet retired */ \
   X(retire_named_by_spare)     /* old block named by j_old and s_spare */        \
   X(retire_spare_kept)         /* j_old = 0, the block is the stripe's spare */  \
   /* Dict::reclaim_spares */                                                     \

@@ -763,11 +763,19 @@ uint64_t Dict::take_spare(Stripe& s, uint64_t units) {
   return spare;
 }
 
-// Gives up the block in *target (a journal field): small blocks become the
-// stripe's spare when it has none, the rest go back to the allocator.
+// Gives up the block in *target (a journal field): a small block becomes the
+// stripe's spare, and the spare it replaces (if any) goes back to the
+// allocator, as do large blocks.  The newest block is kept because the next
+// write to the stripe is likeliest to need its size: keeping the older one
+// let a spare of one value kind (left by a pass over dicts) refuse every
+// write of another kind (ints), each of which then took the allocator twice.
 void Dict::retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units) {
   if (hand_to_pins(target)) return;  // views still read it: the last one frees it
   uint64_t off = target->load(std::memory_order_relaxed);
+  if (off && units <= kSpareMaxUnits && s.s_spare.load(std::memory_order_relaxed) != 0) {
+    free_block(&s.s_spare, s.s_spare_units.load(std::memory_order_relaxed));
+    SBX_CRASH_POINT(retire_old_spare_freed);
+  }
   if (off && units <= kSpareMaxUnits && s.s_spare.load(std::memory_order_relaxed) == 0) {
     s.s_spare_units.store(units, std::memory_order_relaxed);
     s.s_spare.store(off, std::memory_order_release);
