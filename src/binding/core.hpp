@@ -186,18 +186,19 @@ class Core {
     return Py_ssize_t(d->exact_size());
   }
 
-  // The keys as a new list.  The last list built is kept with the per-stripe
+  // The keys as a tuple.  The last tuple built is kept with the per-stripe
   // change sequences it was built at: while no key has been inserted or
-  // deleted since (one read of each stripe's sequence), a copy of it is the
-  // answer, for keys_atomic() too (see Dict::key_set_unchanged).  Overwrites
-  // do not move the sequences, so iterating a dict whose values change
-  // rebuilds nothing.  Only lists of up to 262,144 keys are kept (their
-  // strings stay alive with the handle).  Guarded by the GIL.
-  nb::list keys(bool atomic) {
+  // deleted since (one read of each stripe's sequence), it is the answer, for
+  // keys_atomic() too (see Dict::key_set_unchanged).  Overwrites do not move
+  // the sequences, so iterating a dict whose values change rebuilds nothing.
+  // A tuple, so that it can be handed out without a copy: iter() over it is
+  // `for k in d`, and nothing reachable from it can change it.  Only tuples of
+  // up to 262,144 keys are kept (their strings stay alive with the handle).
+  // Guarded by the GIL.
+  nb::object key_tuple(bool atomic) {
     {
       Use d(this);
-      if (keys_cache_.is_valid() && d->key_set_unchanged(keys_cache_seqs_))
-        return nb::steal<nb::list>(PyList_GetSlice(keys_cache_.ptr(), 0, PY_SSIZE_T_MAX));
+      if (keys_cache_.is_valid() && d->key_set_unchanged(keys_cache_seqs_)) return keys_cache_;
     }
     std::vector<std::string> ks;
     std::vector<uint64_t> seqs;
@@ -205,14 +206,13 @@ class Core {
       Use d(this);
       ks = d->keys(atomic, &seqs);
     }
-    nb::object out = nb::steal(PyList_New(Py_ssize_t(ks.size())));
+    nb::object out = nb::steal(PyTuple_New(Py_ssize_t(ks.size())));
     if (!out.is_valid()) throw nb::python_error();
     for (size_t i = 0; i < ks.size(); ++i) {
       PyObject* o = PyUnicode_DecodeUTF8(ks[i].data(), Py_ssize_t(ks[i].size()), "strict");
       if (!o) throw nb::python_error();
-      PyList_SET_ITEM(out.ptr(), Py_ssize_t(i), o);
+      PyTuple_SET_ITEM(out.ptr(), Py_ssize_t(i), o);
     }
-    // Kept only up to a size whose copy of the keys costs little memory.
     constexpr size_t kMaxCachedKeys = 1 << 18;
     if (ks.size() <= kMaxCachedKeys) {
       keys_cache_ = out;
@@ -220,7 +220,21 @@ class Core {
     } else {
       keys_cache_ = nb::object();
     }
-    return nb::steal<nb::list>(PyList_GetSlice(out.ptr(), 0, PY_SSIZE_T_MAX));
+    return out;
+  }
+
+  // The keys as a new list (keys_atomic(), and callers that keep them).
+  nb::list keys(bool atomic) {
+    nb::object keys = key_tuple(atomic);
+    return nb::steal<nb::list>(PySequence_List(keys.ptr()));
+  }
+
+  // An iterator over the keys (`for k in d`, keys()): no copy of the key list.
+  nb::object iter_keys() {
+    nb::object keys = key_tuple(false);
+    PyObject* it = PyObject_GetIter(keys.ptr());
+    if (!it) throw nb::python_error();
+    return nb::steal(it);
   }
 
   // The items of stripe i as (key, value) pairs: values of up to
@@ -600,7 +614,7 @@ class Core {
   }
 
   ItemsCopy items_copy_;                   // see stripe_items()
-  nb::object keys_cache_;                  // see keys()
+  nb::object keys_cache_;                  // a tuple; see key_tuple()
   ValueCache value_cache_;                 // see get()
   ItemsCache items_cache_;                 // see stripe_items()
   std::vector<uint64_t> keys_cache_seqs_;

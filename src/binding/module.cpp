@@ -237,6 +237,7 @@ NB_MODULE(_core, m) {
       .def("_discard", [](Core& c, nb::handle key) { return c.erase(key.ptr(), false, nullptr); },
            "key"_a.none())
       .def("_keys", &Core::keys, "atomic"_a)
+      .def("_iter_keys", &Core::iter_keys)
       .def("_value_info", [](Core& c, nb::handle key) { return c.value_info(key.ptr()); },
            "key"_a.none(), "(type, stored bytes, dtype descr, shape) of key's value, or None.")
       .def("_stats", &Core::stats)

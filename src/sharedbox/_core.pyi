@@ -8,7 +8,7 @@ narrower than nanobind's (``str`` keys where it says ``object | None``)
 because the binding rejects anything else with TypeError.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from typing_extensions import disjoint_base
@@ -125,6 +125,7 @@ class SharedDictCore:
     def _pop(self, key: str, default: Any) -> Any: ...
     def _discard(self, key: str) -> bool: ...
     def _keys(self, atomic: bool) -> list[str]: ...
+    def _iter_keys(self) -> Iterator[str]: ...
     def _stats(self) -> dict[str, Any]: ...
     def _get_raw(self, key: str) -> bytes | None:
         """The encoded bytes of key's value (canonical form), or None."""

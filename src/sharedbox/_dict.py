@@ -208,7 +208,7 @@ def _unlink_temporary(name: str, identity: tuple[int, int], owner_pid: int) -> N
 
 class _Keys(KeysView):
     def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping._keys(False))
+        return self._mapping._iter_keys()
 
 
 class _Items(ItemsView):
@@ -414,7 +414,7 @@ class SharedDict(_core.SharedDictCore):
     def __iter__(self) -> Iterator[str]:
         """Iterate over the keys present when iteration starts (a list taken
         stripe by stripe, not a snapshot: see keys_atomic())."""
-        return iter(self._keys(False))
+        return self._iter_keys()
 
     def keys(self) -> KeysView[str]:
         """A view of the keys; iterating it lists them stripe by stripe."""
