@@ -9,12 +9,14 @@ Two properties, each of which a wrong cache would break:
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import sys
 
 import pytest
 
 from sharedbox import SharedDict
+from sharedbox.errors import SharedDictClosedError
 
 import helpers
 
@@ -181,3 +183,61 @@ def test_a_dict_changed_and_dropped_is_never_handed_out(sd, change):
         del got
         fresh = sd["d"]
         assert fresh == stored and list(fresh) == ["a", "b"]
+
+
+# -- a finalizer that closes the handle while a read makes its copy ----------
+# The copies a cached read makes allocate, so the cyclic GC can run inside
+# them, and with it a finalizer that closes the handle (dropping the caches
+# under the read).  With the GC threshold at 1, cyclic garbage made just
+# before a read is collected at one of the next GC-tracked allocations;
+# each test retries until that allocation was inside the read, which the
+# finalizer sees from a flag set around the read alone.
+_inside_read = [False]
+_closed_inside = []
+
+
+class _ClosesOnCollect:
+    def __init__(self, d):
+        self.d = d
+        self.me = self
+
+    def __del__(self):
+        _closed_inside.append(_inside_read[0])
+        self.d.close()
+
+
+def _read_while_collecting(name, read):
+    """Runs read(d) until the finalizer closed d inside it; returns its result."""
+    old = gc.get_threshold()
+    try:
+        for _ in range(200):
+            d = SharedDict(name, create=False)
+            read(d)  # fills the caches
+            del _closed_inside[:]
+            gc.collect()
+            gc.set_threshold(1)
+            _ClosesOnCollect(d)
+            try:
+                _inside_read[0] = True
+                got = read(d)
+            except SharedDictClosedError:
+                got = None
+            finally:
+                _inside_read[0] = False
+                gc.set_threshold(*old)
+            gc.collect()
+            assert d.is_closed()
+            if _closed_inside == [True]:
+                return got
+        raise AssertionError("the GC never ran inside the read")
+    finally:
+        gc.set_threshold(*old)
+
+
+def test_an_items_walk_survives_the_cache_being_dropped_while_it_copies(name):
+    d = SharedDict(name, size=4 << 20, max_keys=100)
+    for i in range(20):
+        d[f"k{i}"] = {"n": i}  # containers: every cached walk copies them
+    d.close()
+    got = _read_while_collecting(name, lambda h: list(h.items()))
+    assert got is None  # the next stripe after the close raises the closed error

@@ -123,7 +123,7 @@ class Core {
       }
       if (version == cached->version) {
         *found = true;
-        return ValueCache::value_of(*cached);
+        return value_cache_.value_of(*cached);
       }
     }
     Sink sink(allow_pickle_);

@@ -39,17 +39,23 @@ class ItemsCache {
 
   // A new list of stripe i's pairs if they were cached at this write mark,
   // else an invalid object.
+  // The allocations below can run the cyclic GC and so a finalizer that
+  // walks this handle and replaces the entry: they work on copies of what
+  // they need from it, taken first.
   nb::object find(uint32_t stripe, uint64_t mark) const {
     if (stripe >= entries_.size()) return nb::object();
     const Entry& e = entries_[stripe];
     if (!e.pairs.is_valid() || e.mark != mark) return nb::object();
-    PyObject* out = PyList_GetSlice(e.pairs.ptr(), 0, PY_SSIZE_T_MAX);
+    const nb::object pairs = e.pairs;
+    const std::vector<uint32_t> copied = e.copied;
+    const std::vector<ValueCache::Copy> copy_kind = e.copy_kind;
+    PyObject* out = PyList_GetSlice(pairs.ptr(), 0, PY_SSIZE_T_MAX);
     if (!out) throw nb::python_error();
     nb::object list = nb::steal(out);
-    for (uint32_t j : e.copied) {  // fresh containers in fresh pairs
+    for (uint32_t j : copied) {  // fresh containers in fresh pairs
       PyObject* pair = PyList_GET_ITEM(out, j);
       nb::object value = ValueCache::for_caller(
-          nb::borrow(PyTuple_GET_ITEM(pair, 1)), e.copy_kind[j]);
+          nb::borrow(PyTuple_GET_ITEM(pair, 1)), copy_kind[j]);
       PyObject* fresh = PyTuple_Pack(2, PyTuple_GET_ITEM(pair, 0), value.ptr());
       if (!fresh) throw nb::python_error();
       PyList_SetItem(out, j, fresh);  // steals fresh, drops the shared pair

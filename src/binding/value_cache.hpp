@@ -82,24 +82,29 @@ class ValueCache {
   // What the caller gets for a current entry: the value itself, or for a
   // container the one handed out last if nobody holds or has changed it,
   // else a fresh copy of the pristine one (see the top of this file).
-  static nb::object value_of(Entry& e) {
-    switch (e.copy) {
-      case Copy::None: return e.value;
-      case Copy::List:
-        if (!list_reusable(e)) {
-          e.value = nb::steal(PySequence_List(e.pristine.ptr()));
-          if (!e.value.is_valid()) throw nb::python_error();
-        }
-        return e.value;
-      case Copy::Dict:
-        if (!dict_reusable(e)) {
-          e.value = nb::steal(PyDict_Copy(e.pristine.ptr()));
-          if (!e.value.is_valid()) throw nb::python_error();
-        }
-        e.handed_tag = dict_tag(e.value.ptr());
-        return e.value;
+  //
+  // Making a copy allocates, which can run the cyclic GC and so any
+  // finalizer, which can read through this handle and change the cache (add
+  // entries, grow or clear the table): the copy works on references of its
+  // own, and it becomes the entry's handed-out container only if the cache
+  // did not change meanwhile (else `e` may be gone).
+  nb::object value_of(Entry& e) {
+    if (e.copy == Copy::None) return e.value;
+    if (e.copy == Copy::List ? list_reusable(e) : dict_reusable(e)) {
+      if (e.copy == Copy::Dict) e.handed_tag = dict_tag(e.value.ptr());
+      return e.value;
     }
-    return e.value;
+    const uint64_t changes = changes_;
+    const Copy copy = e.copy;
+    nb::object pristine = e.pristine;
+    nb::object fresh = nb::steal(copy == Copy::List ? PySequence_List(pristine.ptr())
+                                                    : PyDict_Copy(pristine.ptr()));
+    if (!fresh.is_valid()) throw nb::python_error();
+    if (changes == changes_) {
+      e.value = fresh;
+      if (copy == Copy::Dict) e.handed_tag = dict_tag(fresh.ptr());
+    }
+    return fresh;
   }
 
   // Offers a value just unpickled from a record at `version`; returns what
@@ -115,6 +120,7 @@ class ValueCache {
     if (copy != Copy::None && !pristine.is_valid()) throw nb::python_error();
     if (total_bytes_ + encoded_bytes > kMaxTotalBytes) clear();
     Entry& e = slot_for(hash);
+    ++changes_;
     total_bytes_ -= e.bytes;
     e.hash = hash;
     e.version = version;
@@ -128,6 +134,7 @@ class ValueCache {
   }
 
   void clear() {
+    ++changes_;
     slots_.clear();
     slots_.shrink_to_fit();
     mask_ = 0;
@@ -250,6 +257,7 @@ class ValueCache {
     return slots_[i];
   }
   void grow() {
+    ++changes_;
     std::vector<Entry> old = std::move(slots_);
     slots_ = std::vector<Entry>(old.empty() ? 1024 : old.size() * 2);
     mask_ = slots_.size() - 1;
@@ -269,6 +277,7 @@ class ValueCache {
   size_t mask_ = 0;
   size_t count_ = 0;
   uint64_t total_bytes_ = 0;
+  uint64_t changes_ = 0;  // moves whenever an entry may have moved or changed (value_of)
 };
 
 }  // namespace sbx::py
