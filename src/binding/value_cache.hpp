@@ -90,10 +90,7 @@ class ValueCache {
   // did not change meanwhile (else `e` may be gone).
   nb::object value_of(Entry& e) {
     if (e.copy == Copy::None) return e.value;
-    if (e.copy == Copy::List ? list_reusable(e) : dict_reusable(e)) {
-      if (e.copy == Copy::Dict) e.handed_tag = dict_tag(e.value.ptr());
-      return e.value;
-    }
+    if (e.copy == Copy::List ? list_reusable(e) : dict_reusable(e)) return e.value;
     const uint64_t changes = changes_;
     const Copy copy = e.copy;
     nb::object pristine = e.pristine;

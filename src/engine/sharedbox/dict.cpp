@@ -772,11 +772,11 @@ uint64_t Dict::take_spare(Stripe& s, uint64_t units) {
 void Dict::retire_block(Stripe& s, std::atomic<uint64_t>* target, uint64_t units) {
   if (hand_to_pins(target)) return;  // views still read it: the last one frees it
   uint64_t off = target->load(std::memory_order_relaxed);
-  if (off && units <= kSpareMaxUnits && s.s_spare.load(std::memory_order_relaxed) != 0) {
-    free_block(&s.s_spare, s.s_spare_units.load(std::memory_order_relaxed));
-    SBX_CRASH_POINT(retire_old_spare_freed);
-  }
-  if (off && units <= kSpareMaxUnits && s.s_spare.load(std::memory_order_relaxed) == 0) {
+  if (off && units <= kSpareMaxUnits) {
+    if (s.s_spare.load(std::memory_order_relaxed) != 0) {
+      free_block(&s.s_spare, s.s_spare_units.load(std::memory_order_relaxed));  // zeroes s_spare
+      SBX_CRASH_POINT(retire_old_spare_freed);
+    }
     s.s_spare_units.store(units, std::memory_order_relaxed);
     s.s_spare.store(off, std::memory_order_release);
     SBX_CRASH_POINT(retire_named_by_spare);
