@@ -99,6 +99,27 @@ def test_roundtrip_exact_type_and_value(md, value):
         assert repr(got) == repr(value)  # -0.0 stays -0.0
 
 
+def test_str_of_every_length_and_non_ascii_position_roundtrips(sd):
+    # str values, str items of lists and keys take an ASCII fast path that
+    # checks 8 bytes at a time, then the tail; a non-ASCII character at any
+    # position of any length must send the whole str through UTF-8.
+    texts = []
+    for n in range(0, 41):
+        texts.append("".join(chr(0x41 + (i % 26)) for i in range(n)))
+        for pos in range(n):
+            for ch in ("\u00e9", "\u20ac", "\U0001f389", "\x7f"):
+                texts.append("a" * pos + ch + "b" * (n - pos - 1))
+    for text in texts:
+        sd["v"] = text
+        sd["t"] = [text, (text,)]
+        sd[text or "empty"] = 1
+        got, tree = sd["v"], sd["t"]
+        assert type(got) is str and got == text
+        assert tree == [text, (text,)] and type(tree[0]) is str
+        assert (text or "empty") in sd.keys()
+        del sd[text or "empty"]
+
+
 def test_nan_roundtrip(md):
     md["nan"] = float("nan")
     assert md["nan"] != md["nan"]

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "codec.hpp"
+#include "text.hpp"
 #include "sharedbox/errors.hpp"
 
 namespace sbx::py {

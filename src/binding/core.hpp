@@ -209,7 +209,7 @@ class Core {
     nb::object out = nb::steal(PyTuple_New(Py_ssize_t(ks.size())));
     if (!out.is_valid()) throw nb::python_error();
     for (size_t i = 0; i < ks.size(); ++i) {
-      PyObject* o = PyUnicode_DecodeUTF8(ks[i].data(), Py_ssize_t(ks[i].size()), "strict");
+      PyObject* o = str_from_utf8(ks[i].data(), Py_ssize_t(ks[i].size()));
       if (!o) throw nb::python_error();
       PyTuple_SET_ITEM(out.ptr(), Py_ssize_t(i), o);
     }
@@ -269,8 +269,7 @@ class Core {
     Py_ssize_t filled = 0;
     uint64_t kpos = 0, vpos = 0;
     for (size_t j = 0; j < n; ++j) {
-      PyObject* key = PyUnicode_DecodeUTF8(copy.keys.data() + kpos,
-                                           Py_ssize_t(copy.key_end[j] - kpos), "strict");
+      PyObject* key = str_from_utf8(copy.keys.data() + kpos, Py_ssize_t(copy.key_end[j] - kpos));
       if (!key) throw nb::python_error();
       nb::object k = nb::steal(key);
       kpos = copy.key_end[j];
@@ -603,8 +602,7 @@ class Core {
       return nb::steal(PyLong_FromLongLong(x));
     }
     if (n >= 1 && v[0] == codec::kStr) {
-      PyObject* str = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(v + 1),
-                                           Py_ssize_t(n - 1), "strict");
+      PyObject* str = str_from_utf8(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1));
       if (!str) throw nb::python_error();
       return nb::steal(str);
     }

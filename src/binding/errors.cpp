@@ -86,7 +86,7 @@ KeyBytes key_bytes(PyObject* key) {
     throw nb::type_error(msg.c_str());
   }
   Py_ssize_t n;
-  const char* p = PyUnicode_AsUTF8AndSize(key, &n);
+  const char* p = utf8_of(key, &n);
   if (!p) {
     nb::python_error err;
     nb::raise_from(err, PyExc_ValueError,

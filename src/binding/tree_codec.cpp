@@ -86,7 +86,7 @@ bool encode_item(PyObject* v, Out& out, int depth, bool key) {
   }
   if (t == &PyUnicode_Type) {
     Py_ssize_t n;
-    const char* p = PyUnicode_AsUTF8AndSize(v, &n);
+    const char* p = utf8_of(v, &n);
     if (!p || uint64_t(n) > UINT32_MAX) {
       PyErr_Clear();
       return false;
@@ -230,7 +230,7 @@ class Reader {
       case 'i': return PyLong_FromLongLong(load<long long>());
       case 's': {
         uint32_t n = load<uint32_t>();
-        return PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(take(n)), n, "strict");
+        return str_from_utf8(reinterpret_cast<const char*>(take(n)), n);
       }
       case 'N': Py_RETURN_NONE;
       case 'T': Py_RETURN_TRUE;

@@ -37,11 +37,12 @@ class Encoded : public sbx::ValueSource {
  public:
   explicit Encoded(bool allow_pickle) : allow_pickle_(allow_pickle) {}
   uint64_t max_bytes() const override {
-    return head_.size() + payload_len_ + (align_ ? codec::kArrayAlign - 1 : 0);
+    return head_len() + payload_len_ + (align_ ? codec::kArrayAlign - 1 : 0);
   }
   uint64_t write(uint8_t* dst, uint64_t dst_off) override {
-    std::memcpy(dst, head_.data(), head_.size());
-    const uint64_t pos = align_ ? pad_to_array_data(dst, dst_off, head_.size()) : head_.size();
+    const uint64_t head = head_len();
+    std::memcpy(dst, long_head_ ? head_.data() : short_head_, head);
+    const uint64_t pos = align_ ? pad_to_array_data(dst, dst_off, head) : head;
     if (payload_len_) std::memcpy(dst + pos, payload_, payload_len_);
     return pos + payload_len_;
   }
@@ -55,22 +56,18 @@ class Encoded : public sbx::ValueSource {
       int overflow = 0;
       long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
       if (!overflow && !(x == -1 && PyErr_Occurred())) {
-        set_tag(codec::kInt64);
-        head_.append(reinterpret_cast<const char*>(&x), 8);
-        return;
+        return set_tag(codec::kInt64, &x);
       }
       PyErr_Clear();
       return pickled(v);
     }
     if (t == &PyFloat_Type) {
       double x = PyFloat_AS_DOUBLE(v);
-      set_tag(codec::kFloat64);
-      head_.append(reinterpret_cast<const char*>(&x), 8);
-      return;
+      return set_tag(codec::kFloat64, &x);
     }
     if (t == &PyUnicode_Type) {
       Py_ssize_t n;
-      const char* p = PyUnicode_AsUTF8AndSize(v, &n);
+      const char* p = utf8_of(v, &n);
       if (!p) {  // lone surrogates: pickle keeps them
         PyErr_Clear();
         return pickled(v);
@@ -89,8 +86,10 @@ class Encoded : public sbx::ValueSource {
       return;
     }
     if (is_ndarray(t) && array(v)) return;
-    if ((t == &PyDict_Type || t == &PyList_Type || t == &PyTuple_Type) && encode_tree(v, head_))
+    if ((t == &PyDict_Type || t == &PyList_Type || t == &PyTuple_Type) && encode_tree(v, head_)) {
+      long_head_ = true;
       return;
+    }
     // A memoryview is a window on someone else's memory, not a value of its
     // own (pickle refuses it): store the bytes it shows; they read back as bytes.
     if (PyMemoryView_Check(v)) return buffer_bytes(v);
@@ -113,12 +112,18 @@ class Encoded : public sbx::ValueSource {
     return reinterpret_cast<PyObject*>(t) == g.ndarray_type;
   }
 
-  // The head is the tag alone.  clear() + push_back stays in the short-string
-  // buffer; assign(1, c) goes through a general replace (~50 instructions).
-  void set_tag(char tag) {
-    head_.clear();
-    head_.push_back(tag);
+  // A head of the tag, and for a number its 8 bytes, stays in short_head_:
+  // std::string's out-of-line push_back and append cost ~60 instructions a
+  // put of a small value.
+  void set_tag(char tag, const void* number = nullptr) {
+    short_head_[0] = tag;
+    short_len_ = 1;
+    if (number) {
+      std::memcpy(short_head_ + 1, number, 8);
+      short_len_ = 9;
+    }
   }
+  uint64_t head_len() const { return long_head_ ? head_.size() : short_len_; }
 
   // Stores the contents of a buffer-protocol object (C order) as bytes.
   void buffer_bytes(PyObject* v) {
@@ -173,6 +178,7 @@ class Encoded : public sbx::ValueSource {
     uintptr_t ptr = nb::cast<uintptr_t>(t[3]);
     uint64_t nbytes = nb::cast<uint64_t>(t[4]);
     head_ = array_head(descr.c_str(), descr.size(), t[1], fortran, nbytes);
+    long_head_ = true;
     payload_ = reinterpret_cast<const uint8_t*>(ptr);
     payload_len_ = nbytes;
     align_ = true;
@@ -181,6 +187,11 @@ class Encoded : public sbx::ValueSource {
   }
 
   bool allow_pickle_;
+  // The bytes before the payload: short_head_ (tag, number) unless
+  // long_head_, for a tree encoding or an array header in head_.
+  char short_head_[9];
+  uint8_t short_len_ = 0;
+  bool long_head_ = false;
   std::string head_;
   const uint8_t* payload_ = nullptr;
   uint64_t payload_len_ = 0;
@@ -283,7 +294,7 @@ class Sink : public sbx::ValueSink {
         return nb::steal(PyFloat_FromDouble(x));
       }
       case codec::kStr: {
-        PyObject* s = PyUnicode_DecodeUTF8(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1), "strict");
+        PyObject* s = str_from_utf8(reinterpret_cast<const char*>(v + 1), Py_ssize_t(n - 1));
         if (!s) throw nb::python_error();
         return nb::steal(s);
       }
