@@ -38,6 +38,7 @@
 
 #include "sharedbox/dict.hpp"
 #include "sharedbox/errors.hpp"
+#include "sharedbox/hash.hpp"
 #include "test_values.hpp"
 
 namespace {
@@ -1007,6 +1008,55 @@ void test_size_classes() {
   }
 }
 
+// The key hash is part of the segment layout: hash_key must give what its
+// plain definition (a zero-filled word per 8 bytes, the tail by memcpy)
+// gives, for every length and alignment, or keys stored by one build are not
+// found by another.
+uint64_t reference_hash(const unsigned char* p, size_t len, uint64_t seed) {
+  constexpr uint64_t k1 = 0x9E3779B97F4A7C15ULL, k2 = 0xC2B2AE3D27D4EB4FULL;
+  uint64_t h = seed ^ (uint64_t(len) * k1);
+  for (size_t i = 0; i < len; i += 8) {
+    uint64_t w = 0;
+    std::memcpy(&w, p + i, len - i < 8 ? len - i : 8);
+    h = sbx::rotl64(h ^ (w * k2), 31) * k1;
+  }
+  return sbx::mix64(h);
+}
+
+void test_key_hash() {
+  std::mt19937_64 rng(7);
+  unsigned char buf[64 + 8];
+  for (int round = 0; round < 200; ++round) {
+    for (unsigned char& b : buf) b = static_cast<unsigned char>(rng());
+    const uint64_t seed = rng();
+    for (size_t start = 0; start < 8; ++start)
+      for (size_t len = 0; len <= 64; ++len)
+        CHECK_EQ(sbx::hash_key(buf + start, len, seed), reference_hash(buf + start, len, seed));
+  }
+  // Fixed values (computed by the definition of layout version 2), so that a
+  // change to the definition itself is caught too.
+  CHECK_EQ(sbx::hash_key("key", 3, 1), 0xede38da7319f8aabULL);
+  CHECK_EQ(sbx::hash_key("small:str:0000001", 17, 42), 0xecb43a2b3169e9f4ULL);
+}
+
+// key_bytes_equal against memcmp: every length up to 64, a difference at
+// every position, every alignment.
+void test_key_compare() {
+  unsigned char a[72];
+  char b[72];
+  for (size_t i = 0; i < sizeof a; ++i) a[i] = static_cast<unsigned char>('a' + i % 26);
+  for (size_t start = 0; start < 8; ++start)
+    for (size_t len = 0; len <= 64; ++len) {
+      std::memcpy(b + 8 - start, a + start, len);
+      CHECK(sbx::key_bytes_equal(a + start, b + 8 - start, len));
+      for (size_t pos = 0; pos < len; ++pos) {
+        b[8 - start + pos] ^= 0x40;
+        CHECK(!sbx::key_bytes_equal(a + start, b + 8 - start, len));
+        b[8 - start + pos] ^= 0x40;
+      }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Pins (zero-copy views).
 
@@ -1207,6 +1257,8 @@ const TestCase kCases[] = {
     {"attach_header_race", test_attach_header_race},
     {"coordination", test_coordination},
     {"size_classes", test_size_classes},
+    {"key_hash", test_key_hash},
+    {"key_compare", test_key_compare},
     {"pins", test_pins},
     {"pin_threads", test_pin_threads},
 };

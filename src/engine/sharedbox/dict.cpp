@@ -17,7 +17,6 @@ namespace sbx {
 namespace {
 
 constexpr int kOptimisticReads = 8;  // lock-free tries before taking the stripe lock
-constexpr uint64_t kHeaderBytes = sizeof(RecordHeader);
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -117,11 +116,15 @@ const RecordHeader* Dict::record(uint64_t off, uint64_t* klen, uint64_t* vlen) c
   return r;
 }
 
+bool Dict::holds_key(const RecordHeader* r, uint64_t klen, const KeyRef& k) const {
+  return racy_load(r->r_hash) == k.hash && klen == k.len &&
+         key_bytes_equal(reinterpret_cast<const uint8_t*>(r) + kHeaderBytes, k.data, k.len);
+}
+
 bool Dict::record_matches(uint64_t off, const KeyRef& k) const {
   uint64_t kl, vl;
   const RecordHeader* r = record(off, &kl, &vl);
-  return r && racy_load(r->r_hash) == k.hash && kl == k.len &&
-         std::memcmp(reinterpret_cast<const uint8_t*>(r) + kHeaderBytes, k.data, k.len) == 0;
+  return r && holds_key(r, kl, k);
 }
 
 KeyRef Dict::key(const char* data, size_t len) const {
@@ -199,7 +202,7 @@ bool Dict::get(const KeyRef& k, ValueSink& sink, uint64_t* stamp_out) {
         retry = true;
         break;
       }
-      if (!record_matches(roff, k)) {
+      if (!holds_key(r, kl, k)) {
         // Only a mismatch read from a stable record means "another key".
         if (still_valid()) continue;
         retry = true;
@@ -539,13 +542,12 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
   return update(k, decision);
 }
 
-void Dict::check_fits(const KeyRef& k, uint64_t vmax) const {
+void Dict::throw_never_fits(uint64_t vmax) const {
   const uint64_t heap_bytes = heap_units_ * kUnit;
-  if (vmax > heap_bytes || k.len > heap_bytes - vmax || kHeaderBytes + k.len + vmax > heap_bytes)
-    throw Error(Errc::ValueTooLarge,
-                "the value (" + std::to_string(vmax) + " bytes with its key) can never fit in "
-                "this segment, whose heap is " + std::to_string(heap_bytes) +
-                " bytes; create the SharedDict with a larger size= (see recommend_sizing())");
+  throw Error(Errc::ValueTooLarge,
+              "the value (" + std::to_string(vmax) + " bytes with its key) can never fit in "
+              "this segment, whose heap is " + std::to_string(heap_bytes) +
+              " bytes; create the SharedDict with a larger size= (see recommend_sizing())");
 }
 
 // Every write is a read-modify-write: the decision is taken under the stripe
@@ -565,13 +567,15 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
     StripeLock lock(this, si);
     Probe p = find_locked(s, k);
     ValueSource* chosen;
+    const RecordHeader* old_record = nullptr;  // the key's record, if present
     {
       const uint8_t* old = nullptr;
       uint64_t old_len = 0;
       if (p.found) {
         uint64_t kl;
         uint64_t roff = slot_record(p.ctl);
-        if (!record(roff, &kl, &old_len)) throw Error(Errc::Corrupt, "record out of bounds");
+        old_record = record(roff, &kl, &old_len);
+        if (!old_record) throw Error(Errc::Corrupt, "record out of bounds");
         old = base_ + roff + kHeaderBytes + kl;
       }
       chosen = fn.decide(old, old_len, p.found);  // may throw: nothing changed yet
@@ -630,13 +634,7 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
     Slot* slots = table_slots(ref);
     if (!slots || (!p.found && !p.has_free)) throw Error(Errc::Corrupt, "stripe table unusable");
     uint64_t old_off = p.found ? slot_record(p.ctl) : 0;
-    uint64_t old_units = 0;
-    if (old_off) {
-      uint64_t kl, vl;
-      const RecordHeader* r = record(old_off, &kl, &vl);
-      if (!r) throw Error(Errc::Corrupt, "record out of bounds");
-      old_units = r->r_units;
-    }
+    uint64_t old_units = old_record ? old_record->r_units : 0;
     uint64_t count = s.s_count.load(std::memory_order_relaxed);
     uint64_t tombs = s.s_tombs.load(std::memory_order_relaxed);
     j.j_insert.store(p.found ? 0 : 1, std::memory_order_relaxed);

@@ -275,6 +275,8 @@ class Dict {
   Slot* table_slots(uint64_t ref) const;  // nullptr if ref is out of bounds
   const RecordHeader* record(uint64_t off, uint64_t* klen, uint64_t* vlen) const;
   bool record_matches(uint64_t off, const KeyRef& k) const;
+  // Whether record r, whose key length record() returned, holds key k.
+  bool holds_key(const RecordHeader* r, uint64_t klen, const KeyRef& k) const;
   template <class Fn>
   void for_each_record(uint32_t i, Fn&& fn) const;
   uint64_t off_of(const void* p) const { return uint64_t(static_cast<const uint8_t*>(p) - base_); }
@@ -293,7 +295,14 @@ class Dict {
   void build_table(uint64_t off, uint64_t units, uint64_t old_ref, uint32_t lg);
   void write_record(uint64_t off, uint64_t units, uint64_t stamp, const KeyRef& k,
                     ValueSource& src, uint64_t vmax);
-  void check_fits(const KeyRef& k, uint64_t vmax) const;
+  // Throws ValueTooLarge for a record that can never fit in the heap.
+  // Inline: every put runs it twice (before the lock, and in the update).
+  void check_fits(const KeyRef& k, uint64_t vmax) const {
+    const uint64_t heap_bytes = heap_units_ * kUnit;
+    if (vmax > heap_bytes || k.len > heap_bytes - vmax || kHeaderBytes + k.len + vmax > heap_bytes)
+      throw_never_fits(vmax);
+  }
+  [[noreturn]] void throw_never_fits(uint64_t vmax) const;
   void notify_change(Stripe& s);
   bool reserve_key();
   uint64_t count_keys();  // exact_size()'s double collect

@@ -406,5 +406,6 @@ struct RecordHeader {
 constexpr uint64_t kStampBuilding = 1;
 constexpr uint32_t kRecordPinned = 1;
 static_assert(sizeof(RecordHeader) == 40, "record header layout is part of the format");
+constexpr uint64_t kHeaderBytes = sizeof(RecordHeader);  // the key follows it
 
 }  // namespace sbx

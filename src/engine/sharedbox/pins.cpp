@@ -142,10 +142,6 @@ uint32_t current_pid() {
 }
 }  // namespace
 
-namespace {
-constexpr uint64_t kHeaderBytes = sizeof(RecordHeader);
-}
-
 int Dict::pins_slot() const { return pins_->slot; }
 
 uint32_t Dict::pin_high(const PinSlot& s) const {
