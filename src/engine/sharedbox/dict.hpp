@@ -24,6 +24,7 @@
 
 #include "sharedbox/errors.hpp"
 #include "sharedbox/layout.hpp"
+#include "sharedbox/racy.hpp"
 
 namespace sbx {
 
@@ -372,6 +373,28 @@ class Dict {
   std::atomic<uint64_t> len_epoch_{kNoEpoch};
   std::atomic<uint64_t> len_count_{0};
 };
+
+// Defined here so that every engine file inlines them (dict.cpp explains
+// why everything a lock-free reader follows is bounds-checked).
+inline Slot* Dict::table_slots(uint64_t ref) const {
+  uint64_t off = table_offset(ref);
+  uint32_t lg = table_log2(ref);
+  if (lg < kMinTableLog2 || lg > 40 || off < heap_off_ || off % kUnit != 0) return nullptr;
+  uint64_t bytes = (uint64_t(1) << lg) * sizeof(Slot);
+  if (off > size_ || bytes > size_ - off) return nullptr;
+  return reinterpret_cast<Slot*>(base_ + off);
+}
+
+inline const RecordHeader* Dict::record(uint64_t off, uint64_t* klen, uint64_t* vlen) const {
+  if (off < heap_off_ || off > size_ || size_ - off < kHeaderBytes) return nullptr;
+  auto* r = reinterpret_cast<const RecordHeader*>(base_ + off);
+  uint64_t kl = racy_load(r->r_klen), vl = racy_load(r->r_vlen);
+  uint64_t room = size_ - off - kHeaderBytes;
+  if (kl > room || vl > room - kl) return nullptr;
+  *klen = kl;
+  *vlen = vl;
+  return r;
+}
 
 // The SegmentFull message for a /dev/shm that has no memory left (errno e).
 std::string shm_full_message(const std::string& name, int e);

@@ -377,6 +377,13 @@ constexpr uint64_t make_full_slot(uint64_t record_off, uint64_t tag) {
   return ((record_off / kUnit) << 24) | ((tag & 0x3FFFFFu) << 2) | kSlotFull;
 }
 
+// The 22 hash bits a slot keeps as its tag.
+constexpr uint64_t tag_of(uint64_t hash) { return (hash >> 16) & 0x3FFFFFu; }
+// Heap units of a table of 2^log2cap slots.
+constexpr uint64_t table_units(uint32_t log2cap) {
+  return ((uint64_t(1) << log2cap) * sizeof(Slot) + kUnit - 1) / kUnit;
+}
+
 constexpr uint64_t table_offset(uint64_t ref) { return ref & ~uint64_t(63); }
 constexpr uint32_t table_log2(uint64_t ref) { return uint32_t(ref & 63); }
 constexpr uint64_t make_table_ref(uint64_t off, uint32_t log2cap) { return off | log2cap; }

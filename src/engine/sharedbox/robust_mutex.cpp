@@ -33,6 +33,7 @@
 #endif
 
 #include "sharedbox/errors.hpp"
+#include "sharedbox/racy.hpp"
 
 // The checks read glibc's mutex fields (__lock, __kind), which are part of its
 // public pthread_mutex_t definition and of its ABI; elsewhere only the
@@ -156,14 +157,6 @@ int timed_lock(pthread_mutex_t* m, double slice_s) {
 // retries the (cache-line stealing) trylock once the word looks free.
 constexpr int kSpinTries = 8;
 constexpr int kSpinPauses = 64;  // about a microsecond on current x86
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield" ::: "memory");
-#endif
-}
 
 int lock_spinning(pthread_mutex_t* m) {
   int rc = EBUSY;
