@@ -30,8 +30,12 @@ def test_reads_after_another_process_writes_are_never_stale(sd):
     proc = ctx.Process(target=helpers.cache_writer, args=(sd.name, rounds, requests, replies))
     proc.start()
     try:
+        # Each kind twice in a row, so that a value cached by the earlier
+        # round's reads meets a write of the same type and size.
+        kinds = ("dict", "dict", "tuple", "str", "str", "int", "int", "short", "short",
+                 "float", "float", "delete")
         for r in range(rounds):
-            kind = ("dict", "tuple", "str", "delete")[r % 4]
+            kind = kinds[r % len(kinds)]
             requests.put(kind)
             assert replies.get(timeout=60) == r
             # The write has completed: every read from now on sees it.
@@ -42,6 +46,12 @@ def test_reads_after_another_process_writes_are_never_stale(sd):
                     assert sd["k"] == (r, "same-size")
                 elif kind == "str":
                     assert sd["k"] == f"{r:06d}" + "s" * 1000
+                elif kind == "int":
+                    assert sd["k"] == 10**12 + r
+                elif kind == "short":
+                    assert sd["k"] == f"short-{r:06d}"
+                elif kind == "float":
+                    assert sd["k"] == r + 0.5
                 else:
                     assert "k" not in sd and sd.get("k") is None
     finally:
