@@ -1,6 +1,7 @@
-// hash.hpp — the key hash, and key comparison.  It must be identical in every process that maps a
-// segment (Python's hash() is randomised per process, so it cannot be used),
-// and it is seeded per segment so that keys collide differently in each one.
+// hash.hpp — the key hash, and key comparison.  The hash must be identical
+// in every process that maps a segment (Python's hash() is randomised per
+// process, so it cannot be used), and it is seeded per segment so that keys
+// collide differently in each one.
 #pragma once
 
 #include <cstddef>
