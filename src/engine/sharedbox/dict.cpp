@@ -5,9 +5,7 @@
 #include "sharedbox/dict.hpp"
 
 #include <errno.h>
-#include <sched.h>
 
-#include <algorithm>
 #include <cstring>
 
 #include "sharedbox/crash_points.hpp"
