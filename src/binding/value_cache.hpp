@@ -121,7 +121,6 @@ class ValueCache {
     if (copy != Copy::None && !pristine.is_valid()) throw nb::python_error();
     if (total_bytes_ + encoded_bytes > kMaxTotalBytes) clear();
     Entry& e = slot_for(hash);
-    ++changes_;
     total_bytes_ -= e.bytes;
     e.hash = hash;
     e.version = version;
@@ -245,12 +244,14 @@ class ValueCache {
 #endif
   }
 
-  // The entry of this hash: the existing one, or a new one with only its
-  // hash set (the caller fills it).  Past kMaxEntries the cache starts over.
+  // The entry of this hash, which the caller (re)fills: the existing one, or
+  // a new one with only its hash set.  Past kMaxEntries the cache starts
+  // over.  Either way the cache changes (value_of): an entry is rewritten,
+  // or appending may move every entry.
   Entry& slot_for(uint64_t hash) {
+    ++changes_;
     if (Entry* e = find(hash)) return *e;
     if (entries_.size() >= kMaxEntries) clear();
-    ++changes_;  // appending may move every entry
     entries_.emplace_back();
     entries_.back().hash = hash;
     if (entries_.size() * 2 > index_.size()) {
