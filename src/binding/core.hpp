@@ -160,6 +160,7 @@ class Core {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
+    d->prefetch_home_slot(k);  // its miss overlaps the encoding
     Encoded enc(allow_pickle_);
     enc.encode(value);
     if (enc.payload_len() >= kReleaseGilBytes) {
