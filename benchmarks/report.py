@@ -177,7 +177,9 @@ def markdown(data) -> str:
     parts.append(
         f"Run {m['date']} on {m['cpu']}, {m['usable_cpus']} usable CPUs of {m['cpus']}, "
         f"{m['memory']} RAM, {m['os']}, Python {m['python']}; /dev/shm free: "
-        f"{m['dev_shm_free']}. Each figure is the median of {cfg['repeats']} repeats; "
+        f"{m['dev_shm_free']}. Each figure is the median of {cfg['repeats']} repeats "
+        f"(the walks of `for k in d`, keys() and items(): "
+        f"{cfg.get('iter_repeats', cfg['repeats'])}); "
         f"± is half the min–max range. Whole run: {data.get('seconds', '?')} s.\n\n"
     )
     parts.append("### Targets\n")

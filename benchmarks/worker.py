@@ -211,7 +211,7 @@ def reader_iterate(system, job) -> None:
         if getattr(system, loop) is None:  # no such way: the table shows "—"
             continue
         results[metric] = per_op(
-            getattr(system, loop), (), count, job["repeats"],
+            getattr(system, loop), (), count, job["iter_repeats"],
             check=lambda got, metric=metric: check_iteration(metric, got, count),
         )
     # len(d) per call; slow systems make fewer calls (a round trip, or a read
