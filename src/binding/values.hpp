@@ -252,7 +252,10 @@ class Sink : public sbx::ValueSink {
       }
     }
     uint8_t* dst = buffer(n);
-    copy_bytes(dst, v, n, !under_lock);
+    if (n < kReleaseGilBytes)
+      std::memcpy(dst, v, n);  // the common small value: no call, no GIL question
+    else
+      copy_bytes(dst, v, n, !under_lock);
     len_ = n;
   }
 

@@ -88,30 +88,34 @@ uint32_t lock_word(pthread_mutex_t* m) {
   return uint32_t(__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED));
 }
 
-// The __kind every sharedbox mutex has: computed once from a mutex initialised
-// exactly as init_robust_mutex does, rather than hard-coding glibc's encoding.
-int expected_kind() {
-  static const int kind = [] {
-    pthread_mutex_t probe;
-    init_robust_mutex(&probe);
-    int k = probe.__data.__kind;
-    pthread_mutex_destroy(&probe);
-    return k;
-  }();
-  return kind;
+// The __kind every sharedbox mutex has: computed once, when the library is
+// loaded, from a mutex initialised exactly as init_robust_mutex does, rather
+// than hard-coding glibc's encoding.  (A function-local static would cost
+// every lock its guard check.)
+int kind_of_a_new_mutex() {
+  pthread_mutex_t probe;
+  init_robust_mutex(&probe);
+  int k = probe.__data.__kind;
+  pthread_mutex_destroy(&probe);
+  return k;
+}
+const int kExpectedKind = kind_of_a_new_mutex();
+
+[[noreturn, gnu::cold, gnu::noinline]] void throw_bad_kind(int kind, const char* what,
+                                                          int index) {
+  throw Error(Errc::Corrupt, lock_name(what, index) + " has a corrupted type field (" +
+                                 std::to_string(kind) + ", expected " +
+                                 std::to_string(kExpectedKind) +
+                                 "); the segment must be recreated");
 }
 
 // A flipped type bit turns the mutex into another kind, for which glibc may
 // return EINVAL, use a private futex (waiters in other processes are never
 // woken) or take the priority-inheritance path (which can assert() on an owner
 // that does not exist).  So the type is checked before every pthread call.
-void check_kind(pthread_mutex_t* m, const char* what, int index) {
+inline void check_kind(pthread_mutex_t* m, const char* what, int index) {
   int kind = __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED);
-  if ((kind ^ expected_kind()) & ~kElisionBits)
-    throw Error(Errc::Corrupt, lock_name(what, index) + " has a corrupted type field (" +
-                                   std::to_string(kind) + ", expected " +
-                                   std::to_string(expected_kind()) +
-                                   "); the segment must be recreated");
+  if ((kind ^ kExpectedKind) & ~kElisionBits) throw_bad_kind(kind, what, index);
 }
 
 // Whether a thread with this id may exist in our PID namespace.  kill(tid, 0)
