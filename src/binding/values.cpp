@@ -3,13 +3,9 @@
 
 namespace sbx::py {
 
-void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_gil) {
-  if (n >= kReleaseGilBytes && may_release_gil) {
-    nb::gil_scoped_release unlocked;
-    std::memcpy(dst, src, n);
-  } else if (n) {
-    std::memcpy(dst, src, n);
-  }
+void copy_bytes_without_gil(uint8_t* dst, const uint8_t* src, uint64_t n) {
+  nb::gil_scoped_release unlocked;
+  std::memcpy(dst, src, n);
 }
 
 std::string array_head(const char* descr, size_t descr_len, nb::handle shape_obj, bool fortran,

@@ -16,7 +16,17 @@
 
 namespace sbx::py {
 
-void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_gil);
+void copy_bytes_without_gil(uint8_t* dst, const uint8_t* src, uint64_t n);
+
+// Copies n bytes; a copy of kReleaseGilBytes or more runs with the GIL
+// released when may_release_gil.  Inline: most values are small, and a read
+// of one should not pay a call for it.
+inline void copy_bytes(uint8_t* dst, const uint8_t* src, uint64_t n, bool may_release_gil) {
+  if (n >= kReleaseGilBytes && may_release_gil)
+    copy_bytes_without_gil(dst, src, n);
+  else if (n)
+    std::memcpy(dst, src, n);
+}
 
 // An array's head ends at dst + pos; zero-pads up to the 64-byte boundary of
 // the segment (dst is at segment offset dst_off) where its data starts, and
@@ -252,10 +262,7 @@ class Sink : public sbx::ValueSink {
       }
     }
     uint8_t* dst = buffer(n);
-    if (n < kReleaseGilBytes)
-      std::memcpy(dst, v, n);  // the common small value: no call, no GIL question
-    else
-      copy_bytes(dst, v, n, !under_lock);
+    copy_bytes(dst, v, n, !under_lock);
     len_ = n;
   }
 

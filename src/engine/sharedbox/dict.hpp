@@ -184,7 +184,7 @@ class Dict {
   // table slot where a lookup of k begins.  A put calls it before encoding
   // its value, so that in a large table the slot's cache miss overlaps the
   // encoding instead of stalling the probe under the stripe lock (measured:
-  // 13-16% off a 4-key dict or 3-tuple set in a 120,000-key store).  It
+  // 13-17% off a 4-key dict or 3-tuple set in a 120,000-key store).  It
   // issues no load of the slot itself: a load would make the lock's atomic
   // instruction wait for the miss, and then prefetching the record too was
   // slower, not faster.
