@@ -169,6 +169,17 @@ def targets(data) -> list:
 
 
 # -- markdown ------------------------------------------------------------------------
+def rounds_text(cfg) -> str:
+    """How the small operations and the walks were sampled (run.py ROUNDS_JOBS)."""
+    rounds = cfg.get("rounds", 1)
+    if rounds <= 1:
+        return ""
+    return (f"the small operations and the walks ran in {rounds} rounds, every system once "
+            f"a round in fresh processes, taking turns, and pool the rounds' samples "
+            f"({rounds * cfg['repeats']} a figure, walks "
+            f"{rounds * cfg.get('iter_repeats', cfg['repeats'])}); ")
+
+
 def markdown(data) -> str:
     labels = data["labels"]
     cfg = data["config"]
@@ -180,6 +191,7 @@ def markdown(data) -> str:
         f"{m['dev_shm_free']}. Each figure is the median of {cfg['repeats']} repeats "
         f"(the walks of `for k in d`, keys() and items(): "
         f"{cfg.get('iter_repeats', cfg['repeats'])}); "
+        f"{rounds_text(cfg)}"
         f"± is half the min–max range. Whole run: {data.get('seconds', '?')} s.\n\n"
     )
     parts.append("### Targets\n")
@@ -559,8 +571,12 @@ def compare(previous, now, jobs, slower: float) -> tuple:
     if not rows:
         return "No row was measured in both runs.\n", flagged
     then = previous.get("machine", {}).get("date", "?")
-    head = (f"Previous run {then} (median of {previous.get('config', {}).get('repeats', '?')} "
-            f"repeats), this run median of {now['config']['repeats']}; FLAG: more than "
+    def samples_of(cfg):
+        rounds = cfg.get("rounds", 1)
+        turns = f"; small and iterate {rounds} rounds of them" if rounds > 1 else ""
+        return f"{cfg.get('repeats', '?')} repeats{turns}"
+    head = (f"Previous run {then} (medians of {samples_of(previous.get('config', {}))}), "
+            f"this run medians of {samples_of(now['config'])}; FLAG: more than "
             f"{slower - 1:.0%} slower.\n\n")
     n_then, n_now = previous.get("config", {}).get("n"), now["config"].get("n")
     if n_then != n_now:

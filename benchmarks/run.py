@@ -65,14 +65,24 @@ JOBS = {
     "zerocopy": ["sharedbox"],
 }
 
+# Jobs whose rows are per-operation loops compared across systems: they run
+# `rounds` times, every system once per round in fresh processes, the systems
+# taking turns, and each figure pools its samples over the rounds.  This
+# machine's speed drifts over minutes (the dict's own small str get read 81 ns
+# in one run and 209 ns in another of the same hour), and each process draws
+# its own memory layout; with one turn per system, both went straight into
+# every ratio between two systems (sharedbox ÷ dict for a small str get read
+# 1.2× to 5.0× over 16 runs of two builds).  Turns spread both over every side.
+ROUNDS_JOBS = ("small", "iterate")
+
 # the rows --compare checks: every per-operation figure of these jobs
 COMPARE_JOBS = ("small", "small_kib", "iterate")
 COMPARE_SLOWER = 1.10  # a row is flagged when now / previous exceeds this
 
-FULL = dict(n=20_000, min_ops=20, repeats=5, iter_keys=100_000, array_mib=[8, 64],
+FULL = dict(n=20_000, min_ops=20, repeats=5, rounds=3, iter_keys=100_000, array_mib=[8, 64],
             burst_seconds=1.0, scale_keys=5_000, readers=[1, 2, 4], writers=[1, 2],
             bulk_keys=10_000)
-QUICK = dict(n=2_000, min_ops=20, repeats=2, iter_keys=5_000, array_mib=[1],
+QUICK = dict(n=2_000, min_ops=20, repeats=2, rounds=2, iter_keys=5_000, array_mib=[1],
              burst_seconds=0.2, scale_keys=1_000, readers=[1, 2], writers=[1, 2],
              bulk_keys=1_000)
 
@@ -456,6 +466,17 @@ class Runner:
                     pass
 
 
+def turns(jobs: list, systems_: list, rounds: int) -> list:
+    """The (job, system, round) runs in order: job by job; a ROUNDS_JOBS job
+    runs each of its systems once a round, round after round."""
+    schedule = []
+    for job in jobs:
+        job_systems = [s for s in JOBS[job] if s in systems_]
+        job_rounds = rounds if job in ROUNDS_JOBS else 1
+        schedule += [(job, s, r) for r in range(1, job_rounds + 1) for s in job_systems]
+    return schedule
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: small sizes, 2 repeats")
@@ -463,6 +484,9 @@ def parse_args(argv):
     p.add_argument("--systems", help="comma-separated subset, e.g. dict,sharedbox,lmdb")
     p.add_argument("--jobs", help=f"comma-separated subset of {','.join(JOBS)}")
     p.add_argument("--repeats", type=int, help="repeats per figure (median reported)")
+    p.add_argument("--rounds", type=int,
+                   help="turns per system of the jobs " + ",".join(ROUNDS_JOBS) +
+                        " (their samples pooled)")
     p.add_argument("--readers", help="reader process counts, e.g. 1,2,4,8,16")
     p.add_argument("--writers", help="writer process counts, e.g. 1,2,4")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"),
@@ -497,6 +521,8 @@ def main(argv=None) -> int:
     # keys(), items()) take three times the repeats: with five samples one
     # slow pass on a noisy machine could move a walk's median.
     cfg["iter_repeats"] = 3 * cfg["repeats"]
+    if args.rounds:
+        cfg["rounds"] = args.rounds
     if args.burst:
         cfg["burst_seconds"] = args.burst
     if args.bulk_keys:
@@ -556,14 +582,16 @@ def main(argv=None) -> int:
         except systems.Unavailable as exc:
             data["skipped"]["sharedbox-0.2.4"] = str(exc)
 
-    pairs = [(job, s) for job in jobs for s in JOBS[job]
-             if s in needed and s not in data["skipped"]]
+    schedule = turns(jobs, [s for s in needed if s not in data["skipped"]], cfg["rounds"])
     runner = Runner(cfg, env, pythons, progress)
     started = time.monotonic()
     try:
-        for i, (job, system) in enumerate(pairs, 1):
+        for i, (job, system, round_) in enumerate(schedule, 1):
+            if system in data["skipped"] or f"{job}/{system}" in data["errors"]:
+                continue  # found out in an earlier round
             t0 = time.monotonic()
-            progress(f"[{i:2d}/{len(pairs)}] {job:<11} {system:<16} ...")
+            turn = f" round {round_}/{cfg['rounds']}" if job in ROUNDS_JOBS else ""
+            progress(f"[{i:2d}/{len(schedule)}] {job:<11} {system:<16}{turn} ...")
             try:
                 out = runner.run(job, system)
             except WorkerFailed as exc:
@@ -575,7 +603,12 @@ def main(argv=None) -> int:
                 progress(f"        skipped: {out['skip']}")
                 continue
             data["versions"][system] = out["version"]
-            data["results"][job][system] = out["results"]
+            pooled = data["results"][job].get(system)
+            if pooled is None:
+                data["results"][job][system] = out["results"]
+            else:  # a later round: every figure of these jobs is a list of samples
+                for figure, samples in out["results"].items():
+                    pooled[figure] = pooled.get(figure, []) + samples
             progress(f"        {time.monotonic() - t0:5.1f} s"
                      f"   (elapsed {time.monotonic() - started:.0f} s)")
     finally:

@@ -74,6 +74,13 @@ def timed(fn, *args):
 
 
 def per_op(fn, args, ops: int, repeats: int, check=None) -> list:
+    """Per-operation times of `repeats` timed calls of fn, after one untimed
+    call: a process's first pass over its keys pays page faults and cold
+    caches (2-3x a later pass here, for an in-process dict as much as for a
+    shared store), which is not what a per-operation row reports."""
+    result = fn(*args)
+    if check is not None:
+        check(result)
     samples = []
     for _ in range(repeats):
         ns, result = timed(fn, *args)

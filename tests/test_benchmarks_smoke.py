@@ -27,11 +27,16 @@ def test_quick_benchmark_runs(tmp_path):
     assert set(results) == {"small", "iterate", "numpy", "scale_read", "scale_write",
                             "redisdict", "incr", "wait", "small_kib", "hotkey", "mixed",
                             "zerocopy"}
+    # small and iterate run in rounds, the systems taking turns, each figure
+    # pooling every round's samples (--quick: 2 rounds)
+    rounds = data["config"]["rounds"]
+    assert rounds >= 2
     small = results["small"]["sharedbox"]
     for metric in ("get_str", "get_int", "get_dict", "set_str", "contains_hit",
                    "contains_miss", "delete", "mix_90_10", "attach"):
         samples = small[metric]
-        assert len(samples) == data["config"]["repeats"] and all(x > 0 for x in samples)
+        assert len(samples) == rounds * data["config"]["repeats"]
+        assert all(x > 0 for x in samples)
     assert set(results["small"]["dict"]) >= {"get_str", "set_str", "delete"}
     # every way of walking the store (`for k in d`, keys(), items()) and len(d),
     # each checked by the worker (count; items: the values' sum, the last pair)
@@ -40,7 +45,7 @@ def test_quick_benchmark_runs(tmp_path):
         for metric in ("iter", "iterate", "items", "len"):
             want = data["config"]["iter_repeats" if metric != "len" else "repeats"]
             assert want >= data["config"]["repeats"]
-            assert len(it[metric]) == want and all(x > 0 for x in it[metric])
+            assert len(it[metric]) == rounds * want and all(x > 0 for x in it[metric])
     assert results["numpy"]["sharedbox"]["get_1MiB"]
     assert set(results["scale_read"]["sharedbox"]) == {"readers_1", "readers_2"}
     assert set(results["scale_write"]["sharedbox"]) == {"writers_1", "writers_2"}
@@ -231,3 +236,18 @@ def test_zerocopy_report_ratios(tmp_path):
         return
     assert report.plot(data, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_rounds_take_turns():
+    # small and iterate: every system once a round, round after round, so that
+    # a drift of the machine's speed spreads over every system alike; the
+    # other jobs run once per system
+    from benchmarks import run
+
+    order = run.turns(["small", "mixed", "iterate"], ["sharedbox", "dict", "lmdb"], 3)
+    small = [(s, r) for job, s, r in order if job == "small"]
+    assert small == [(s, r) for r in (1, 2, 3) for s in ("dict", "sharedbox", "lmdb")]
+    assert [(s, r) for job, s, r in order if job == "mixed"] == [
+        ("dict", 1), ("sharedbox", 1), ("lmdb", 1)]
+    assert [job for job, _, _ in order] == ["small"] * 9 + ["mixed"] * 3 + ["iterate"] * 9
+    assert run.turns(["small"], ["dict"], 1) == [("small", "dict", 1)]
