@@ -30,6 +30,11 @@ namespace sbx::py {
 
 class Core {
  public:
+  // get(): a cached value whose stripe has published since is checked with a
+  // version probe before it is copied again only if it is larger than this
+  // (encoded bytes); a smaller one is simply read again, in one probe.
+  static constexpr uint64_t kSmallValueBytes = 256;
+
   Core(const std::string& name, bool create, uint64_t size, uint64_t max_keys, uint32_t stripes,
        uint32_t mode, double attach_timeout, bool allow_pickle)
       : allow_pickle_(allow_pickle) {
@@ -108,37 +113,56 @@ class Core {
   }
   bool closed() const { return state_.load(std::memory_order_acquire) & 1; }
 
-  // A pickled value this handle read before comes from value_cache_ while
-  // its record is still the one published (see value_cache.hpp).
+  // A value this handle read before comes from value_cache_ while it is
+  // still the one published (see value_cache.hpp).
   nb::object get(PyObject* key, bool* found) {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
-    // The probe runs no Python and keeps the GIL, so `cached` stays valid.
+    // Loaded before any read of the key (acquire), so that an entry made or
+    // confirmed by the reads below is current while it stays the same.
+    const uint64_t seq = d->publish_seq(k);
+    // The probe runs no Python and keeps the GIL, so `cached` stays valid
+    // until the read below.
     if (ValueCache::Entry* cached = value_cache_.find(k.hash)) {
-      uint64_t version;
-      if (!d->version(k, &version)) {
-        *found = false;
-        return nb::object();
-      }
-      if (version == cached->version) {
+      if (cached->seq == seq && !(seq & 1) &&
+          ValueCache::holds_key(*cached, key, kb.data, kb.len)) {
         *found = true;
         return value_cache_.value_of(*cached);
+      }
+      // A large value is worth a version probe before copying it; a small
+      // one is read at once (one probe), and not decoded if it is the same.
+      if (cached->bytes > kSmallValueBytes) {
+        uint64_t version;
+        if (!d->version(k, &version)) {
+          *found = false;
+          return nb::object();
+        }
+        if (version == cached->version) {
+          cached->seq = seq;
+          *found = true;
+            return value_cache_.value_of(*cached);
+        }
       }
     }
     Sink sink(allow_pickle_);
     uint64_t stamp = 0;
     *found = d->get(k, sink, &stamp);
     if (!*found) return nb::object();
+    const uint64_t version = stamp >> 1;
+    ValueCache::Entry* cached = value_cache_.find(k.hash);
+    if (cached && cached->version == version) {  // versions are unique to one record of one key
+      cached->seq = seq;
+      return value_cache_.value_of(*cached);
+    }
     nb::object v = sink.decode();
-    // Small str and bytes decode as fast as the version probe: not cached.
+    if (v.ptr() == Py_None || v.ptr() == Py_True || v.ptr() == Py_False) return v;
     const uint8_t tag = sink.tag();
-    const bool worth_it = tag == codec::kPickle || tag == codec::kTree ||
-                          ((tag == codec::kStr || tag == codec::kBytes) &&
-                           sink.stored_len() > ValueCache::kMinStrBytes);
-    if (!worth_it) return v;
-    return value_cache_.offer(k.hash, stamp >> 1, std::move(v),
-                              sink.stored_len());
+    const bool cheap = (tag == codec::kStr || tag == codec::kBytes || tag == codec::kInt64 ||
+                        tag == codec::kFloat64) &&
+                       sink.stored_len() <= kSmallValueBytes;
+    if (cheap && !cached && !value_cache_.seen_before(k.hash)) return v;
+    return value_cache_.offer(k.hash, key, version, seq, std::move(v), sink.stored_len());
   }
 
   // What dump needs about a value, without decoding it; None if key is absent.

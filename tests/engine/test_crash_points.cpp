@@ -202,6 +202,7 @@ struct State {
   std::string old_value, new_value;
   bool full = false;                         // the segment was filled on purpose
   bool claims_lock = false;                  // the operation claims the lock "jobs"
+  uint64_t publish_seq_before = 0;           // of the key in flight's stripe, before the op
 };
 
 struct Scenario {
@@ -598,6 +599,7 @@ std::unique_ptr<State> start(const Scenario& sc) {
   o.create = false;
   st->d = sbx::Dict::open(o);  // re-attach: the seed is read at open
   sc.setup(*st);
+  st->publish_seq_before = st->d->publish_seq(st->d->key(st->key.data(), st->key.size()));
   return st;
 }
 
@@ -614,6 +616,17 @@ void finish(State& st) {
 void check_after(State& st) {
   sbx::Dict& d = *st.d;
   try {
+    {
+      // Before any recovery: once a lock-free read shows the key in flight
+      // changed, its stripe's publish sequence must be odd or have moved, or
+      // a value cache holding the old value would go on serving it.
+      std::string got;
+      const bool present = get(d, st.key, &got);
+      const bool same = present ? st.has_old && got == st.old_value : !st.has_old;
+      const uint64_t seq = d.publish_seq(d.key(st.key.data(), st.key.size()));
+      if (!same && seq == st.publish_seq_before)
+        fail("the key in flight changed, but its stripe's publish sequence did not move");
+    }
     // A writer in every stripe first: the recovery a real process would do.
     // Stripes that hold a spare go first, with a record the spare fits, so
     // that a stale spare (one a pending allocator replay still frees) would

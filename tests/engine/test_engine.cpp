@@ -1041,6 +1041,35 @@ void test_key_hash() {
 
 // key_bytes_equal against memcmp: every length up to 64, a difference at
 // every position, every alignment.
+// Dict::publish_seq, which a handle's value cache trusts: it moves by two on
+// every put and erase of the stripe (odd only inside the publishing store)
+// and on nothing else: not on reads, failed or no-op writes, or resizes.
+void test_publish_seq() {
+  SegmentGuard g("pubseq");
+  auto d = sbx::Dict::open(options(g.name(), 1 << 20, 1000, 1));  // one stripe: every key
+  auto key = [&](const std::string& k) { return d->key(k.data(), k.size()); };
+  const uint64_t s0 = d->publish_seq(key("a"));
+  CHECK(s0 % 2 == 0);
+  CHECK(put(*d, "a", "1"));                       // insert
+  CHECK_EQ(d->publish_seq(key("a")), s0 + 2);
+  CHECK_EQ(d->publish_seq(key("b")), s0 + 2);     // the stripe's, not the key's
+  CHECK(put(*d, "a", "2"));                       // overwrite
+  CHECK(!put(*d, "a", "3", sbx::PutMode::IfAbsent));  // refused: nothing published
+  CHECK_EQ(d->publish_seq(key("a")), s0 + 4);
+  CHECK(value_of(*d, "a") == "2");                // reads move nothing
+  CHECK(!erase(*d, "missing"));
+  CHECK_EQ(d->publish_seq(key("a")), s0 + 4);
+  Increment inc;
+  d->update(key("n"), inc);                       // a read-modify-write publishes too
+  CHECK_EQ(d->publish_seq(key("a")), s0 + 6);
+  CHECK(erase(*d, "n"));
+  CHECK_EQ(d->publish_seq(key("a")), s0 + 8);
+  // 500 inserts grow the stripe's table several times: two a put, no more.
+  for (int i = 0; i < 500; ++i) CHECK(put(*d, "k" + std::to_string(i), "v"));
+  CHECK_EQ(d->publish_seq(key("a")), s0 + 8 + 2 * 500);
+  CHECK(d->check_integrity().empty());
+}
+
 void test_key_compare() {
   unsigned char a[72];
   char b[72];
@@ -1259,6 +1288,7 @@ const TestCase kCases[] = {
     {"size_classes", test_size_classes},
     {"key_hash", test_key_hash},
     {"key_compare", test_key_compare},
+    {"publish_seq", test_publish_seq},
     {"pins", test_pins},
     {"pin_threads", test_pin_threads},
 };

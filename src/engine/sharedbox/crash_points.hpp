@@ -30,7 +30,9 @@
   X(put_journal_open)          /* j_op = PUT, nothing else changed yet */        \
   X(put_record_written)        /* record complete (even stamp), not published */ \
   X(put_change_begun)          /* s_change_seq odd, slot not yet stored */       \
+  X(put_publish_begun)         /* s_publish_seq odd, slot not yet stored */      \
   X(put_published)             /* slot names the new record, counts old */       \
+  X(put_publish_ended)         /* s_publish_seq even again */                    \
   X(put_counted)               /* s_count/s_tombs updated, change seq odd */     \
   X(put_change_ended)          /* change seq even, old record not retired */     \
   X(put_old_retired)           /* old block freed or made the spare */           \
@@ -49,7 +51,9 @@
   /* Dict::erase */                                                              \
   X(erase_journal_open)                                                          \
   X(erase_change_begun)                                                          \
+  X(erase_publish_begun)       /* s_publish_seq odd, slot not yet stored */      \
   X(erase_published)           /* slot is a tombstone, counts old */             \
+  X(erase_publish_ended)       /* s_publish_seq even again */                    \
   X(erase_counted)                                                               \
   X(erase_change_ended)                                                          \
   X(erase_old_retired)                                                           \
@@ -83,6 +87,7 @@
   X(recover_stripe_begin)      /* recount requested, nothing repaired */         \
   X(recover_stripe_alloc_settled) /* allocator journal replayed */               \
   X(recover_stripe_seq_even)   /* table gen / change seq made even */            \
+  X(recover_stripe_publish_even) /* publish seq made even */                     \
   X(recover_stripe_spare_cleared) /* doubly named spare dropped */               \
   X(recover_stripe_replayed)   /* block freed or kept, counts restored */        \
   X(recover_stripe_unreserved) /* reservation of a rolled-back insert returned */\

@@ -244,7 +244,24 @@ void end_change(Stripe& s) {
   uint64_t q = s.s_change_seq.load(std::memory_order_relaxed);
   s.s_change_seq.store(q + 1, std::memory_order_release);
 }
+
+// Brackets the publishing store of a put or erase (see Stripe::s_publish_seq).
+// The release fence orders the odd value before the slot store, as
+// begin_change does; the even value is a release store after it.
+void begin_publish(Stripe& s) {
+  uint64_t q = s.s_publish_seq.load(std::memory_order_relaxed);
+  s.s_publish_seq.store(q | 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+}
+void end_publish(Stripe& s) {
+  uint64_t q = s.s_publish_seq.load(std::memory_order_relaxed);
+  s.s_publish_seq.store(q + 1, std::memory_order_release);
+}
 }  // namespace
+
+uint64_t Dict::publish_seq(const KeyRef& k) const {
+  return stripe(stripe_of(k.hash)).s_publish_seq.load(std::memory_order_acquire);
+}
 
 // Sums the stripe counts, then checks that no stripe's change sequence moved
 // (or was odd) meanwhile: every stripe was then quiet, with its count equal to
@@ -672,8 +689,12 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
       begin_change(s);
       SBX_CRASH_POINT(put_change_begun);
     }
+    begin_publish(s);
+    SBX_CRASH_POINT(put_publish_begun);
     slots[slot_idx].store(make_full_slot(off, tag_of(k.hash)), std::memory_order_release);
     SBX_CRASH_POINT(put_published);
+    end_publish(s);
+    SBX_CRASH_POINT(put_publish_ended);
     if (!p.found) {
       s.s_count.store(count + 1, std::memory_order_relaxed);
       if (p.free_is_tomb) s.s_tombs.store(tombs - 1, std::memory_order_relaxed);
@@ -786,8 +807,12 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   hdr_->h_keyset_epoch.fetch_add(1, std::memory_order_seq_cst);  // before publishing
   begin_change(s);
   SBX_CRASH_POINT(erase_change_begun);
+  begin_publish(s);
+  SBX_CRASH_POINT(erase_publish_begun);
   table_slots(ref)[p.idx].store(kSlotTomb, std::memory_order_release);
   SBX_CRASH_POINT(erase_published);
+  end_publish(s);
+  SBX_CRASH_POINT(erase_publish_ended);
   s.s_count.store(count - 1, std::memory_order_relaxed);
   s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
   SBX_CRASH_POINT(erase_counted);

@@ -226,6 +226,13 @@ class Dict {
   // visible since the visit, nor completed: what the visit saw is still
   // every item of the stripe (the items() cache relies on this).  Lock-free.
   uint64_t stripe_write_mark(uint32_t i) const;
+  // The publish sequence of the key's stripe (Stripe::s_publish_seq): odd
+  // while a put or erase of the stripe is publishing, and moved by every
+  // one.  If it reads the same even number before a read of key k and again
+  // later, no put or erase of the stripe has published since: the value
+  // read is still k's current value (or k is still absent).  Lock-free; an
+  // acquire load, so a read made after it sees every publish it counts.
+  uint64_t publish_seq(const KeyRef& k) const;
   // Whether no key was inserted or deleted since keys() returned these
   // sequences (each stripe's s_change_seq moves on every insert and delete,
   // and recovery moves it too).  If so, that key list is the set of keys

@@ -30,6 +30,7 @@
 //   Stripe::s_spare, _units       stripe-lock holder            recovery, check_integrity
 //   Stripe::s_change_seq          stripe-lock holder            len() (double collect)
 //   Stripe::s_wait_word           writers and waiters (RMW)     waiters (futex)
+//   Stripe::s_publish_seq         stripe-lock holder; recovery  lock-free readers (caches)
 //   h_locks[i].l_mutex            its Python-level holder       acquirers
 //   h_locks[i].l_state, l_name    claimer, under alloc lock     lock lookups (acquire)
 //   table slots                   stripe-lock holder            lock-free readers
@@ -76,7 +77,9 @@ namespace sbx {
 constexpr uint64_t kMagic = 0x0158'4F42'4452'4853ULL;
 // 2: heap reservation marks (AllocState::a_reserved_*); segments are
 //    published whole under their name (segment.cpp).
-constexpr uint32_t kLayoutVersion = 2;
+// 3: Stripe::s_publish_seq, which every put and erase must move (a reader's
+//    cache trusts it: a writer of version 2 would leave it still).
+constexpr uint32_t kLayoutVersion = 3;
 // h_ready holds this value once the creator has finished initialising.
 constexpr uint32_t kReadyMark = 0x5245'4459u;  // "READY"
 
@@ -350,6 +353,18 @@ struct alignas(kCacheLine) Stripe {
   // keys present at one instant.  Stripe-lock holder writes; len() reads
   // (acquire); recovery makes it even.
   std::atomic<uint64_t> s_change_seq;
+  // Odd while a put or erase of the stripe is storing its slot word: the
+  // holder makes it odd just before that publishing store and even again
+  // right after, so it moves by two on every publish and never moves back.
+  // A process that reads the same even value before reading a key of the
+  // stripe and again later knows that no put or erase of the stripe has
+  // published in between: what it read is still the current value (a
+  // handle's value cache answers from memory on that check alone,
+  // Dict::publish_seq).  Resizing moves no value and leaves it alone.  A
+  // holder that dies while it is odd leaves it odd (readers fall back to
+  // reading the record) until recovery makes it even.  Stripe-lock holder
+  // and recovery write it; lock-free readers load it (acquire).
+  std::atomic<uint64_t> s_publish_seq;
 };
 
 static_assert(sizeof(Stripe) == 4 * kCacheLine, "Stripe must stay four cache lines");

@@ -37,6 +37,11 @@ void Dict::recover_stripe(uint32_t i) {
       if (q & 1) s.s_change_seq.store(q + 1, std::memory_order_release);
     }
   } even_change_seq{s};
+  // A holder that died between the two halves of a publish left the publish
+  // sequence odd; even again, it also differs from every value read before.
+  uint64_t pub = s.s_publish_seq.load(std::memory_order_relaxed);
+  if (pub & 1) s.s_publish_seq.store(pub + 1, std::memory_order_release);
+  SBX_CRASH_POINT(recover_stripe_publish_even);
   if (op == kOpNone) return;
   // A block named by both the spare and the journal was being handed over
   // (take_spare / retire_block): the journal's claim wins, and the replay

@@ -167,6 +167,7 @@ std::vector<std::string> Dict::check_integrity() {
       if (s.s_journal.j_op.load() != kOpNone) problems.push_back("stripe journal left open");
       if (s.s_table_gen.load() & 1) problems.push_back("stripe table generation left odd");
       if (s.s_change_seq.load() & 1) problems.push_back("stripe change sequence left odd");
+      if (s.s_publish_seq.load() & 1) problems.push_back("stripe publish sequence left odd");
       uint64_t ref = s.s_table_ref.load();
       uint64_t live = 0, tombs = 0;
       if (ref) {
