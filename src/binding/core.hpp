@@ -184,7 +184,7 @@ class Core {
     Use d(this);
     KeyBytes kb = key_bytes(key);
     sbx::KeyRef k = d->key(kb.data, size_t(kb.len));
-    d->prefetch_home_slot(k);  // its miss overlaps the encoding
+    d->prefetch_for_put(k);  // their misses overlap the encoding
     Encoded enc(allow_pickle_);
     enc.encode(value);
     if (enc.payload_len() >= kReleaseGilBytes) {
