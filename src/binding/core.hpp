@@ -141,7 +141,7 @@ class Core {
         if (version == cached->version) {
           cached->seq = seq;
           *found = true;
-            return value_cache_.value_of(*cached);
+          return value_cache_.value_of(*cached);
         }
       }
     }

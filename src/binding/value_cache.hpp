@@ -9,7 +9,7 @@
 //     This costs one load of a line that writers of the stripe alone write,
 //     instead of the table slot and the record (two cache misses a read in a
 //     large store), and no decoding or allocation.  A small str read again
-//     from the cache costs ~130 ns here against ~300 ns decoded;
+//     from the cache costs ~95 ns here against ~200 ns decoded;
 //   * else when one lock-free probe of the key's version finds the same
 //     record still published.  A record is never modified after it is
 //     published and its stamp is never reused, so an equal version means an
@@ -66,9 +66,8 @@ class ValueCache {
   enum class Copy : uint8_t { None, Dict, List };
 
   // A plain struct (owned references as raw pointers), so that growing the
-  // entry vector is a memcpy: moving nb::object members cost ~200
-  // instructions a new entry, a third of a first read's whole cost.  The
-  // references are taken in offer() and dropped in release().
+  // entry vector copies bytes, with no move constructor or destructor run
+  // per entry.  The references are taken in offer() and dropped in release().
   struct Entry {
     uint64_t hash;      // the key's hash in the segment
     uint64_t version;   // record stamp the value was read at
@@ -167,9 +166,9 @@ class ValueCache {
 
   // Admission of values that decode about as fast as the cache can keep
   // them (Core::get: natively coded str, bytes, int and float of at most
-  // Core::kSmallValueBytes).  Keeping one costs its read ~50% more (an entry,
-  // and an object whose memory the next read cannot reuse) and makes every
-  // later read ~2x faster, so a value read only once should not be kept: it
+  // Core::kSmallValueBytes).  Keeping one costs the read that keeps it about
+  // twice a plain read (an entry, and an object whose memory the next read
+  // cannot reuse) and makes every later read ~2x faster, so a value read only once should not be kept: it
   // is admitted on its second read.  A bitmap indexed by key hash remembers
   // the keys read (a "doorkeeper", as in TinyLFU): a first read sets a bit,
   // and a read that finds its bit set is admitted.  The bitmap is cleared
