@@ -233,29 +233,20 @@ uint64_t next_stamp(Stripe& s) {
   return n;
 }
 
-// Brackets the part of a put or erase during which s_count may disagree with
-// the slots (see Stripe::s_change_seq).  Nothing between them can throw.
-void begin_change(Stripe& s) {
-  uint64_t q = s.s_change_seq.load(std::memory_order_relaxed);
-  s.s_change_seq.store((q + 1) | 1, std::memory_order_relaxed);
+// Brackets a step of a put or erase with a sequence that is odd while the
+// step is under way: Stripe::s_change_seq around the part during which
+// s_count may disagree with the slots, Stripe::s_publish_seq around the
+// publishing slot store.  The release fence orders the odd value before the
+// step's stores; the even value is a release store after them.  Nothing
+// between the two can throw.
+void begin_odd(std::atomic<uint64_t>& seq) {
+  uint64_t q = seq.load(std::memory_order_relaxed);
+  seq.store((q + 1) | 1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
 }
-void end_change(Stripe& s) {
-  uint64_t q = s.s_change_seq.load(std::memory_order_relaxed);
-  s.s_change_seq.store(q + 1, std::memory_order_release);
-}
-
-// Brackets the publishing store of a put or erase (see Stripe::s_publish_seq).
-// The release fence orders the odd value before the slot store, as
-// begin_change does; the even value is a release store after it.
-void begin_publish(Stripe& s) {
-  uint64_t q = s.s_publish_seq.load(std::memory_order_relaxed);
-  s.s_publish_seq.store(q | 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
-}
-void end_publish(Stripe& s) {
-  uint64_t q = s.s_publish_seq.load(std::memory_order_relaxed);
-  s.s_publish_seq.store(q + 1, std::memory_order_release);
+void end_odd(std::atomic<uint64_t>& seq) {
+  uint64_t q = seq.load(std::memory_order_relaxed);
+  seq.store(q + 1, std::memory_order_release);
 }
 }  // namespace
 
@@ -686,20 +677,20 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
     // Publish: one store makes the complete record visible.
     if (!p.found) {
       hdr_->h_keyset_epoch.fetch_add(1, std::memory_order_seq_cst);  // before publishing
-      begin_change(s);
+      begin_odd(s.s_change_seq);
       SBX_CRASH_POINT(put_change_begun);
     }
-    begin_publish(s);
+    begin_odd(s.s_publish_seq);
     SBX_CRASH_POINT(put_publish_begun);
     slots[slot_idx].store(make_full_slot(off, tag_of(k.hash)), std::memory_order_release);
     SBX_CRASH_POINT(put_published);
-    end_publish(s);
+    end_odd(s.s_publish_seq);
     SBX_CRASH_POINT(put_publish_ended);
     if (!p.found) {
       s.s_count.store(count + 1, std::memory_order_relaxed);
       if (p.free_is_tomb) s.s_tombs.store(tombs - 1, std::memory_order_relaxed);
       SBX_CRASH_POINT(put_counted);
-      end_change(s);
+      end_odd(s.s_change_seq);
       SBX_CRASH_POINT(put_change_ended);
     }
     if (old_off) {
@@ -805,18 +796,18 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   SBX_CRASH_POINT(erase_journal_open);
 
   hdr_->h_keyset_epoch.fetch_add(1, std::memory_order_seq_cst);  // before publishing
-  begin_change(s);
+  begin_odd(s.s_change_seq);
   SBX_CRASH_POINT(erase_change_begun);
-  begin_publish(s);
+  begin_odd(s.s_publish_seq);
   SBX_CRASH_POINT(erase_publish_begun);
   table_slots(ref)[p.idx].store(kSlotTomb, std::memory_order_release);
   SBX_CRASH_POINT(erase_published);
-  end_publish(s);
+  end_odd(s.s_publish_seq);
   SBX_CRASH_POINT(erase_publish_ended);
   s.s_count.store(count - 1, std::memory_order_relaxed);
   s.s_tombs.store(tombs + 1, std::memory_order_relaxed);
   SBX_CRASH_POINT(erase_counted);
-  end_change(s);
+  end_odd(s.s_change_seq);
   SBX_CRASH_POINT(erase_change_ended);
   retire_block(s, &j.j_old, j.j_old_units.load(std::memory_order_relaxed));
   SBX_CRASH_POINT(erase_old_retired);
