@@ -100,6 +100,26 @@ def test_value_larger_than_segment(name):
     d.close()
 
 
+MAX_KEY_BYTES = (1 << 24) - 1  # a record header keeps the key length in 24 bits
+
+
+def test_a_key_may_have_up_to_16_mib_of_utf8(name):
+    d = SharedDict(name, size=64 << 20)
+    d["k"] = 1
+    longest = "k" * MAX_KEY_BYTES
+    d[longest] = "v"
+    assert d[longest] == "v" and longest in d
+    with pytest.raises(ValueError, match=f"at most {MAX_KEY_BYTES} bytes"):
+        d["k" * (MAX_KEY_BYTES + 1)] = "v"
+    with pytest.raises(ValueError, match="at most"):  # counted in UTF-8, not in characters
+        d["é" * (MAX_KEY_BYTES // 2 + 1)] = "v"
+    with pytest.raises(ValueError, match="at most"):
+        d.incr("k" * (MAX_KEY_BYTES + 1))
+    assert "k" * (MAX_KEY_BYTES + 1) not in d  # a key no record can hold is simply absent
+    assert d["k"] == 1 and len(d) == 2 and d._check_integrity() == []
+    d.close()
+
+
 def test_churn_does_not_fragment_a_half_empty_segment(name):
     import random
 

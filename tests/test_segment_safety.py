@@ -207,10 +207,11 @@ CORRUPT_INDEX_CHILD = textwrap.dedent(
         words = [struct.unpack_from("<Q", m, table + 8 * i)[0] for i in range(1 << log2)]
         first_full = next(w for w in words if w & 3 == 2)
         record = (first_full >> 24) * 64
-        vlen = struct.unpack_from("<Q", m, record + 32)[0]
-        # r_klen: the whole rest of the segment, so the record passes the
-        # bounds check; then every slot names that record.
-        struct.pack_into("<I", m, record + 24, len(m) - record - 40 - vlen)
+        vlen = struct.unpack_from("<Q", m, record + 16)[0]  # r_vlen
+        # The key length (r_klen_flags, bits 0-23): the whole rest of the
+        # segment, so the record passes the bounds check; then every slot
+        # names that record.
+        struct.pack_into("<I", m, record + 28, len(m) - record - 32 - vlen)
         for i in range(1 << log2):
             struct.pack_into("<Q", m, table + 8 * i, first_full)
         m.close()

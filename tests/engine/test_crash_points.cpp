@@ -192,7 +192,7 @@ std::string make_value(const std::string& key, int version, size_t len) {
 }
 
 // Record sizes that make a value of `units` 64-byte units for a 5-byte key.
-size_t value_len_for_units(uint64_t units) { return size_t(units * 64 - 40 - 5); }
+size_t value_len_for_units(uint64_t units) { return size_t(units * 64 - sbx::kHeaderBytes - 5); }
 
 struct State {
   std::unique_ptr<sbx::Dict> d;

@@ -355,7 +355,7 @@ void test_segment_full() {
   CHECK(full);
   // Each record is its 20000 bytes plus a header, rounded to 64-byte units;
   // all of them but the last partial one must have fitted.
-  const uint64_t record = (20000 + 40 + 8 + 63) / 64 * 64;
+  const uint64_t record = (20000 + sbx::kHeaderBytes + 8 + 63) / 64 * 64;
   CHECK_EQ(uint64_t(stored), heap / record);
   CHECK_EQ(d->size(), uint64_t(stored));
   CHECK_INTEGRITY(*d);
@@ -677,7 +677,7 @@ void test_stats() {
     key_bytes += kv.first.size();
     value_bytes += kv.second.size();
     // A record's block is its size in units, rounded up to the allocator's size class.
-    record_bytes += sbx::size_class((40 + kv.first.size() + kv.second.size() + 63) / 64).units * 64;
+    record_bytes += sbx::size_class((sbx::kHeaderBytes + kv.first.size() + kv.second.size() + 63) / 64).units * 64;
   }
   st = d->stats();
   CHECK_EQ(st.entries, uint64_t(model.size()));

@@ -444,7 +444,7 @@ int write_seeds(const std::string& dir) {
   // The first record: stamp odd, key length and value length huge.
   const uint64_t r0 = h->h_heap_off;
   save("record0-stamp-odd", edit(0, {{r0 + offsetof(sbx::RecordHeader, r_stamp), 0x01}}));
-  save("record0-klen", edit(0, {{r0 + offsetof(sbx::RecordHeader, r_klen) + 3, 0x80}}));
+  save("record0-klen", edit(0, {{r0 + offsetof(sbx::RecordHeader, r_klen_flags) + 2, 0x80}}));
   save("record0-vlen", edit(0, {{r0 + offsetof(sbx::RecordHeader, r_vlen) + 5, 0x01}}));
   save("record0-units", edit(0, {{r0 + offsetof(sbx::RecordHeader, r_units), 0xf0}}));
   save("one-stripe-everything-at-once",

@@ -469,9 +469,8 @@ __attribute__((noinline)) void Dict::write_record(uint64_t off, uint64_t units, 
   r->r_stamp.store(stamp | kStampBuilding, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
   racy_store(r->r_hash, k.hash);
-  racy_store(r->r_units, units);
-  racy_store(r->r_klen, k.len);
-  r->r_flags.store(0, std::memory_order_relaxed);
+  racy_store(r->r_units, uint32_t(units));  // check_fits bounds it (kMaxRecordUnits)
+  r->r_klen_flags.store(uint32_t(k.len), std::memory_order_relaxed);  // no flags yet
   std::memcpy(base_ + off + kHeaderBytes, k.data, k.len);
   uint64_t voff = off + kHeaderBytes + k.len;
   uint64_t vlen = src.write(base_ + voff, voff);
@@ -501,8 +500,18 @@ bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
   return update(k, decision);
 }
 
+void Dict::throw_key_too_long(uint64_t key_bytes) {
+  throw Error(Errc::InvalidArgument,
+              "the key is " + std::to_string(key_bytes) + " bytes of UTF-8; a key may have at most " +
+                  std::to_string(kMaxKeyBytes) + " bytes");
+}
+
 void Dict::throw_never_fits(uint64_t vmax) const {
   const uint64_t heap_bytes = heap_units_ * kUnit;
+  if (heap_bytes > kMaxRecordUnits * kUnit && kHeaderBytes + vmax > kMaxRecordUnits * kUnit)
+    throw Error(Errc::ValueTooLarge,
+                "the value (" + std::to_string(vmax) + " bytes with its key) is larger than the " +
+                    std::to_string(kMaxRecordUnits * kUnit) + " bytes one record may hold");
   throw Error(Errc::ValueTooLarge,
               "the value (" + std::to_string(vmax) + " bytes with its key) can never fit in "
               "this segment, whose heap is " + std::to_string(heap_bytes) +

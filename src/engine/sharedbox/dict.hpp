@@ -315,14 +315,19 @@ class Dict {
   void build_table(uint64_t off, uint64_t units, uint64_t old_ref, uint32_t lg);
   void write_record(uint64_t off, uint64_t units, uint64_t stamp, const KeyRef& k,
                     ValueSource& src, uint64_t vmax);
-  // Throws ValueTooLarge for a record that can never fit in the heap.
-  // Inline: every put runs it twice (before the lock, and in the update).
+  // Throws InvalidArgument for a key longer than a record header can say
+  // (kMaxKeyBytes), ValueTooLarge for a record that can never fit in the
+  // heap or in one record (kMaxRecordUnits).  Inline: every put runs it
+  // twice (before the lock, and in the update).
   void check_fits(const KeyRef& k, uint64_t vmax) const {
     const uint64_t heap_bytes = heap_units_ * kUnit;
-    if (vmax > heap_bytes || k.len > heap_bytes - vmax || kHeaderBytes + k.len + vmax > heap_bytes)
+    if (k.len > kMaxKeyBytes) throw_key_too_long(k.len);
+    if (vmax > heap_bytes || k.len > heap_bytes - vmax || kHeaderBytes + k.len + vmax > heap_bytes ||
+        kHeaderBytes + k.len + vmax > kMaxRecordUnits * kUnit)
       throw_never_fits(vmax);
   }
   [[noreturn]] void throw_never_fits(uint64_t vmax) const;
+  [[noreturn]] static void throw_key_too_long(uint64_t key_bytes);
   void notify_change(Stripe& s);
   bool reserve_key();
   uint64_t count_keys();  // exact_size()'s double collect
@@ -407,7 +412,8 @@ inline Slot* Dict::table_slots(uint64_t ref) const {
 inline const RecordHeader* Dict::record(uint64_t off, uint64_t* klen, uint64_t* vlen) const {
   if (off < heap_off_ || off > size_ || size_ - off < kHeaderBytes) return nullptr;
   auto* r = reinterpret_cast<const RecordHeader*>(base_ + off);
-  uint64_t kl = racy_load(r->r_klen), vl = racy_load(r->r_vlen);
+  uint64_t kl = r->r_klen_flags.load(std::memory_order_relaxed) & kRecordKeyLenMask;
+  uint64_t vl = racy_load(r->r_vlen);
   uint64_t room = size_ - off - kHeaderBytes;
   if (kl > room || vl > room - kl) return nullptr;
   *klen = kl;

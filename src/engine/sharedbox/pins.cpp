@@ -284,7 +284,7 @@ bool Dict::hand_to_pins(std::atomic<uint64_t>* target) {
   const uint64_t block = target->load(std::memory_order_relaxed);
   uint64_t kl, vl;
   const RecordHeader* r = block ? record(block, &kl, &vl) : nullptr;
-  if (!r || !(r->r_flags.load(std::memory_order_relaxed) & kRecordPinned)) return false;
+  if (!r || !(r->r_klen_flags.load(std::memory_order_relaxed) & kRecordPinned)) return false;
   bool pinned = false;
   for (uint32_t i = 0; i < kPinSlots; ++i) {
     const uint32_t high = pin_high(pin_slot(i));
@@ -415,7 +415,7 @@ bool Dict::pin(const KeyRef& k, PinCheck& check, Pin* out) {
   const uint32_t e = free_pin_entry();
   PinEntry& en = pin_entry(slot, e);
   en.e_units.store(r->r_units, std::memory_order_relaxed);
-  r->r_flags.fetch_or(kRecordPinned, std::memory_order_relaxed);
+  r->r_klen_flags.fetch_or(kRecordPinned, std::memory_order_relaxed);
   SBX_CRASH_POINT(pin_record_flagged);
   PinSlot& s = pin_slot(slot);
   if (e >= s.p_high.load(std::memory_order_relaxed)) s.p_high.store(e + 1, std::memory_order_release);
@@ -471,9 +471,8 @@ void Dict::begin_build(const KeyRef& k, ValueSource& head, uint64_t data_bytes, 
   r->r_stamp.store(kStampBuilding, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
   __atomic_store_n(&r->r_hash, k.hash, __ATOMIC_RELAXED);
-  __atomic_store_n(&r->r_units, units, __ATOMIC_RELAXED);
-  __atomic_store_n(&r->r_klen, k.len, __ATOMIC_RELAXED);
-  r->r_flags.store(kRecordPinned, std::memory_order_relaxed);
+  __atomic_store_n(&r->r_units, uint32_t(units), __ATOMIC_RELAXED);  // bounded by check_fits
+  r->r_klen_flags.store(uint32_t(k.len) | kRecordPinned, std::memory_order_relaxed);
   std::memcpy(base_ + off + kHeaderBytes, k.data, k.len);
   const uint64_t voff = off + kHeaderBytes + k.len;
   const uint64_t head_len = head.write(base_ + voff, voff);
