@@ -71,7 +71,7 @@ def test_quick_benchmark_runs(tmp_path):
     assert hot["bad"] == [0] * repeats
     mixed = results["mixed"]["sharedbox"]
     for kind in ("int", "dict", "floats100", "tuple3", "str1k", "pdict1k"):
-        # two passes per side per round (mixed, single, single, mixed)
+        # two passes per side per round (mixed, single, single, mixed; reversed in even rounds)
         assert len(mixed[f"mixed_{kind}"]) == 2 * repeats
         assert len(mixed[f"single_{kind}"]) == 2 * repeats
     # issue 11's rows: view, the hand-made view and get at every size (1 KiB and
