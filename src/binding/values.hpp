@@ -82,15 +82,16 @@ class Encoded : public sbx::ValueSource {
         PyErr_Clear();
         return pickled(v);
       }
+      // No reference of our own to a str or bytes: the caller holds v for
+      // the whole call (also while the GIL is released for a large
+      // payload), and neither type ever changes its bytes.
       set_tag(codec::kStr);
-      keep_ = nb::borrow(v);
       payload_ = reinterpret_cast<const uint8_t*>(p);
       payload_len_ = uint64_t(n);
       return;
     }
     if (t == &PyBytes_Type) {
       set_tag(codec::kBytes);
-      keep_ = nb::borrow(v);
       payload_ = reinterpret_cast<const uint8_t*>(PyBytes_AS_STRING(v));
       payload_len_ = uint64_t(PyBytes_GET_SIZE(v));
       return;
