@@ -17,6 +17,7 @@
 // segment size, and failures throw sbx::Error with a code.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -320,10 +321,9 @@ class Dict {
   // heap or in one record (kMaxRecordUnits).  Inline: every put runs it
   // twice (before the lock, and in the update).
   void check_fits(const KeyRef& k, uint64_t vmax) const {
-    const uint64_t heap_bytes = heap_units_ * kUnit;
     if (k.len > kMaxKeyBytes) throw_key_too_long(k.len);
-    if (vmax > heap_bytes || k.len > heap_bytes - vmax || kHeaderBytes + k.len + vmax > heap_bytes ||
-        kHeaderBytes + k.len + vmax > kMaxRecordUnits * kUnit)
+    const uint64_t room = std::min(heap_units_, kMaxRecordUnits) * kUnit;  // for one record
+    if (vmax > room || k.len > room - vmax || kHeaderBytes + k.len + vmax > room)
       throw_never_fits(vmax);
   }
   [[noreturn]] void throw_never_fits(uint64_t vmax) const;
