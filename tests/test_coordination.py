@@ -374,6 +374,54 @@ def test_killed_waiter_leaves_nothing_behind(name):
     d.close()
 
 
+PONG = textwrap.dedent(
+    r'''
+    import sys, time
+    from sharedbox import SharedDict
+    d = SharedDict(sys.argv[1], create=False)
+    rounds, slice_s = int(sys.argv[2]), float(sys.argv[3])
+    seen = d.version("ping")
+    print("ready", flush=True)
+    for i in range(1, rounds + 1):
+        start = time.monotonic()
+        changed, seen = d._wait_slice("ping", seen, slice_s)
+        if time.monotonic() - start > slice_s / 2:
+            print(f"round {i}: the wait lasted until its slice ran out", flush=True)
+            sys.exit(1)
+        d["pong"] = i
+    print("done", flush=True)
+    '''
+)
+
+
+def test_no_wake_up_is_lost(name):
+    """A waiter process answers pings through wait(); the pinger polls for the
+    answer and pings again at once, so its write lands, round after round,
+    anywhere from before the waiter's look at the version to after it went
+    to sleep, including between the two (where a write must find the
+    waiter's mark, or the waiter must find the write).  The waiter sleeps in
+    single futex slices of 10 s: a lost wake-up shows as a wait that lasted
+    until its slice ran out, where a round trip takes microseconds (a
+    liveness check, not a speed one)."""
+    rounds, slice_s = 20000, 10.0
+    d = SharedDict(name, {"ping": 0, "pong": 0}, size=1 << 20, max_keys=10, stripes=1)
+    p = subprocess.Popen([sys.executable, "-c", PONG, name, str(rounds), str(slice_s)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        for i in range(1, rounds + 1):
+            d["ping"] = i
+            deadline = time.monotonic() + 2 * slice_s
+            while d["pong"] != i:
+                assert p.poll() is None, p.stdout.read()
+                assert time.monotonic() < deadline, f"round {i}: no answer"
+        assert p.stdout.readline().strip() == "done"
+        assert p.wait(30) == 0
+    finally:
+        p.kill()
+    d.close()
+
+
 def _waiter_proc(name, keys, rounds, barrier, out):
     d = SharedDict(name, create=False)
     seen = {k: d.version(k) for k in keys}

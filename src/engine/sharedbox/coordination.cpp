@@ -57,9 +57,11 @@ struct timespec deadline_after(double seconds) {
 // ---------------------------------------------------------------------------
 // Waiting (a key's version is Dict::version, in dict.cpp beside contains()).
 
-// Called by every writer after its publishing store (and by recovery): the
-// seq_cst RMW cannot move before that store, so a waiter that finds the word
-// changed also finds the new version.
+// Bumps the word and wakes any sleeper.  Recovery calls it for a writer that
+// may have died between publishing and notifying; writers call it through
+// notify_waiters when a waiter has announced itself.  The seq_cst RMW cannot
+// move before the publishing store, so a waiter that finds the word changed
+// also finds the new version.
 void Dict::notify_change(Stripe& s) {
   uint32_t old = s.s_wait_word.load(std::memory_order_relaxed);
   while (!s.s_wait_word.compare_exchange_weak(old, (old + 1) & kWaitCountMask,
@@ -69,22 +71,50 @@ void Dict::notify_change(Stripe& s) {
   if (old & kWaitersBit) futex_wake_all(&s.s_wait_word);
 }
 
+// Called by every writer after publishing and unlocking the stripe.  Most
+// writes have no waiter, and then this is one plain load: the RMW of
+// notify_change (a full barrier, ~20 cycles a write) is paid only when bit 31
+// says someone may sleep.  Why no wake-up is lost: the writer stores its
+// slot, then a full barrier, then loads the word; the waiter sets bit 31 with
+// an RMW, then a full barrier, then reads the key's version (wait_change).
+// Of two such sequences at least one load sees the other's store (the
+// store-buffering case that fences forbid), so either the waiter sees the new
+// version or the writer sees the bit.  The writer's barrier is the stripe
+// unlock on x86-64: glibc releases the lock word with an atomic exchange,
+// and every x86 atomic RMW is a full barrier.  Elsewhere (and under TSan,
+// which cannot see it) an explicit fence takes its place.
+#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__SANITIZE_THREAD__)
+#define SBX_UNLOCK_IS_FULL_BARRIER 1
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#undef SBX_UNLOCK_IS_FULL_BARRIER
+#endif
+#endif
+#endif
+
+void Dict::notify_waiters(Stripe& s) {
+#if defined(SBX_UNLOCK_IS_FULL_BARRIER)
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps the load after the unlock
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+  if (s.s_wait_word.load(std::memory_order_relaxed) & kWaitersBit) notify_change(s);
+}
+
 bool Dict::wait_change(const KeyRef& k, uint64_t seen, double timeout_s, uint64_t* now) {
   Stripe& s = stripe(stripe_of(k.hash));
   const struct timespec until = deadline_after(timeout_s);
   for (;;) {
-    uint32_t w = s.s_wait_word.load(std::memory_order_seq_cst);
+    // Announce (an RMW even when bit 31 is already set: it is this side of
+    // the barrier pair that notify_waiters relies on), then look at the
+    // version, then sleep only while the word is still what was announced.
+    const uint32_t w = s.s_wait_word.fetch_or(kWaitersBit, std::memory_order_seq_cst) | kWaitersBit;
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     uint64_t v = 0;
     if (!version(k, &v)) v = 0;
     if (v != seen) {
       *now = v;
       return true;
-    }
-    if (!(w & kWaitersBit)) {
-      if (!s.s_wait_word.compare_exchange_strong(w, w | kWaitersBit, std::memory_order_seq_cst,
-                                                 std::memory_order_relaxed))
-        continue;  // a writer moved it: look again
-      w |= kWaitersBit;
     }
     struct timespec t;
     clock_gettime(CLOCK_REALTIME, &t);

@@ -495,8 +495,7 @@ class PutDecision : public UpdateFn {
 }  // namespace
 
 bool Dict::put(const KeyRef& k, ValueSource& src, PutMode mode) {
-  check_fits(k, src.max_bytes());  // before any lock: fails fast for a value that never fits
-  PutDecision decision(src, mode);
+  PutDecision decision(src, mode);  // update_impl checks that it fits before changing anything
   return update(k, decision);
 }
 
@@ -708,7 +707,8 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
     }
     j.j_op.store(kOpNone, std::memory_order_release);
     SBX_CRASH_POINT(put_done);
-    notify_change(s);
+    lock.unlock();
+    notify_waiters(s);
     return true;
   }
 }
@@ -827,7 +827,8 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   SBX_CRASH_POINT(erase_unreserved);
   j.j_op.store(kOpNone, std::memory_order_release);
   SBX_CRASH_POINT(erase_done);
-  notify_change(s);
+  lock.unlock();
+  notify_waiters(s);
   return true;
 }
 

@@ -328,7 +328,8 @@ class Dict {
   }
   [[noreturn]] void throw_never_fits(uint64_t vmax) const;
   [[noreturn]] static void throw_key_too_long(uint64_t key_bytes);
-  void notify_change(Stripe& s);
+  void notify_change(Stripe& s);   // always bumps s_wait_word (recovery)
+  void notify_waiters(Stripe& s);  // a writer, after unlocking: only if one waits
   bool reserve_key();
   uint64_t count_keys();  // exact_size()'s double collect
   void recount();

@@ -29,7 +29,7 @@
 //   Stripe::s_journal             stripe-lock holder            recovery (stripe lock)
 //   Stripe::s_spare, _units       stripe-lock holder            recovery, check_integrity
 //   Stripe::s_change_seq          stripe-lock holder            len() (double collect)
-//   Stripe::s_wait_word           writers and waiters (RMW)     waiters (futex)
+//   Stripe::s_wait_word           waiters; writers if bit 31    writers, waiters (futex)
 //   Stripe::s_publish_seq         stripe-lock holder; recovery  lock-free readers (caches)
 //   h_locks[i].l_mutex            its Python-level holder       acquirers
 //   h_locks[i].l_state, l_name    claimer, under alloc lock     lock lookups (acquire)
@@ -340,12 +340,17 @@ struct alignas(kCacheLine) Stripe {
   std::atomic<uint64_t> s_spare;
   std::atomic<uint64_t> s_spare_units;
   // Waiters of SharedDict.wait() on keys of this stripe sleep on this word
-  // (a futex): bits 0-30 count changes, bit 31 says someone may be asleep.
-  // Every writer bumps the count after publishing (and wakes the sleepers
-  // if bit 31 was set, clearing it); a waiter sets bit 31 and sleeps only
-  // while the word is unchanged, so no change is missed.  A waiter that dies
-  // leaves at most bit 31 set, which costs the next writer one wake call.
-  // Written by any writer of the stripe and by waiters (atomic RMW only).
+  // (a futex): bit 31 says someone may be asleep, bits 0-30 count the
+  // writes that found it set.  A waiter sets bit 31 (an RMW), then looks at
+  // its key, and sleeps only while the word is unchanged; a writer, after
+  // publishing and unlocking, reads the word and only if bit 31 is set bumps
+  // the count (clearing the bit) and wakes the sleepers.  The waiter's RMW
+  // and the writer's unlock are both full barriers, so either the waiter's
+  // second look finds the write or the writer finds the bit: no change is
+  // missed (Dict::notify_waiters).  A waiter that dies leaves at most bit 31
+  // set, which costs the next writer one wake call.  Recovery bumps it
+  // unconditionally.  Written by waiters and by writers that find bit 31
+  // (atomic RMW only); read by writers after every write.
   std::atomic<uint32_t> s_wait_word;
   uint32_t s_pad1;
   // Odd while a put or erase is between publishing its slot and updating
