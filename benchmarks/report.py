@@ -56,6 +56,7 @@ MIXED_ROWS = [
     ("pdict1k", "~1 KiB pickled dict"),
 ]
 MIXED_LIMIT = 1.3
+SMALL_LIMIT = 3  # issue 14: a small str/int get or set ÷ the dict's, at most
 LEN_LIMIT_NS = 100  # len(d), sharedbox, per call
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -398,6 +399,14 @@ def issue14_targets(data) -> list:
             f"{fmt_ratio(r)} ({labels[best[1]]} {fmt_ns(best[0] * scale)}, sharedbox "
             f"{fmt_ns(ours * scale)})", "> 1×", r > 1)
 
+    if data["results"].get("small", {}).get("sharedbox"):
+        for op in ("get", "set"):
+            for kind in ("str", "int"):
+                r = ratio(data, "small", f"{op}_{kind}", "sharedbox", "dict")
+                add(f"small {op} ({kind}) ÷ dict {op} (issue 14)", r and fmt_ratio(r),
+                    f"≤ {SMALL_LIMIT}×", r is not None and r <= SMALL_LIMIT)
+        add_lead("get, 4-key dict", "small", "get_dict")
+        add_lead("set, 4-key dict", "small", "set_dict")
     kib = data["results"].get("small_kib", {})
     if kib.get("sharedbox"):
         for metric, title in KIB_ROWS:
