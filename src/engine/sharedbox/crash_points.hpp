@@ -37,6 +37,7 @@
   X(put_change_ended)          /* change seq even, old record not retired */     \
   X(put_old_retired)           /* old block freed or made the spare */           \
   X(put_done)                  /* journal closed, stripe lock still held */      \
+  X(put_unlocked)              /* stripe unlocked, waiters not yet looked at */  \
   X(put_rollback_freed)        /* failed put: new block given back */            \
   X(put_rollback_unreserved)   /* failed put: reservation returned */            \
   /* Dict::take_spare / Dict::retire_block */                                    \
@@ -59,6 +60,7 @@
   X(erase_old_retired)                                                           \
   X(erase_unreserved)          /* h_reserved_keys released, journal open */      \
   X(erase_done)                                                                  \
+  X(erase_unlocked)            /* stripe unlocked, waiters not yet looked at */  \
   /* Dict::resize_locked */                                                      \
   X(resize_journal_open)                                                         \
   X(resize_table_allocated)    /* new table block owned by j_new */              \

@@ -708,6 +708,7 @@ bool Dict::update_impl(const KeyRef& k, UpdateFn& fn, const Pin* built) {
     j.j_op.store(kOpNone, std::memory_order_release);
     SBX_CRASH_POINT(put_done);
     lock.unlock();
+    SBX_CRASH_POINT(put_unlocked);
     notify_waiters(s);
     return true;
   }
@@ -828,6 +829,7 @@ bool Dict::erase(const KeyRef& k, ValueSink* old_value) {
   j.j_op.store(kOpNone, std::memory_order_release);
   SBX_CRASH_POINT(erase_done);
   lock.unlock();
+  SBX_CRASH_POINT(erase_unlocked);
   notify_waiters(s);
   return true;
 }
