@@ -80,18 +80,8 @@ void Dict::notify_change(Stripe& s) {
 // Of two such sequences at least one load sees the other's store (the
 // store-buffering case that fences forbid), so either the waiter sees the new
 // version or the writer sees the bit.  The writer's barrier is the stripe
-// unlock on x86-64: glibc releases the lock word with an atomic exchange,
-// and every x86 atomic RMW is a full barrier.  Elsewhere (and under TSan,
-// which cannot see it) an explicit fence takes its place.
-#if defined(__x86_64__) && defined(__GLIBC__) && !defined(__SANITIZE_THREAD__)
-#define SBX_UNLOCK_IS_FULL_BARRIER 1
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#undef SBX_UNLOCK_IS_FULL_BARRIER
-#endif
-#endif
-#endif
-
+// unlock where SBX_UNLOCK_IS_FULL_BARRIER (robust_mutex.hpp) says it is one;
+// elsewhere an explicit fence takes its place.
 void Dict::notify_waiters(Stripe& s) {
 #if defined(SBX_UNLOCK_IS_FULL_BARRIER)
   std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps the load after the unlock

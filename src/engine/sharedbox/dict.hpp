@@ -318,8 +318,8 @@ class Dict {
                     ValueSource& src, uint64_t vmax);
   // Throws InvalidArgument for a key longer than a record header can say
   // (kMaxKeyBytes), ValueTooLarge for a record that can never fit in the
-  // heap or in one record (kMaxRecordUnits).  Inline: every put runs it
-  // twice (before the lock, and in the update).
+  // heap or in one record (kMaxRecordUnits).  Inline: every put runs it,
+  // under the stripe lock before anything changes (update_impl).
   void check_fits(const KeyRef& k, uint64_t vmax) const {
     if (k.len > kMaxKeyBytes) throw_key_too_long(k.len);
     const uint64_t room = std::min(heap_units_, kMaxRecordUnits) * kUnit;  // for one record

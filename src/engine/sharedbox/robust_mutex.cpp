@@ -47,14 +47,8 @@
 // pthread_mutex_clocklock (glibc >= 2.30) takes a monotonic deadline, so a
 // wall-clock jump cannot stretch or skip a slice.  ThreadSanitizer's runtime in
 // GCC 12 does not intercept it (it would not see the lock taken and would
-// report every critical section), so TSan builds use pthread_mutex_timedlock.
-#if defined(__SANITIZE_THREAD__)
-#define SBX_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SBX_TSAN 1
-#endif
-#endif
+// report every critical section), so TSan builds (SBX_TSAN, robust_mutex.hpp)
+// use pthread_mutex_timedlock.
 #if SBX_GLIBC_MUTEX && __GLIBC_PREREQ(2, 30) && !defined(SBX_TSAN)
 #define SBX_CLOCKLOCK 1
 #else

@@ -17,6 +17,22 @@
 #include <atomic>
 #include <cstdint>
 
+#if defined(__SANITIZE_THREAD__)
+#define SBX_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SBX_TSAN 1
+#endif
+#endif
+
+// Defined where unlock_robust() is a full memory barrier: glibc on x86-64
+// releases the lock word with an atomic exchange, and every x86 atomic RMW is
+// one.  Dict::notify_waiters relies on it instead of issuing a fence of its
+// own; ThreadSanitizer cannot see that barrier, so TSan builds do not claim it.
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__linux__) && !defined(SBX_TSAN)
+#define SBX_UNLOCK_IS_FULL_BARRIER 1
+#endif
+
 namespace sbx {
 
 // Initialises a robust, process-shared, error-checking mutex (segment creation).
